@@ -17,7 +17,8 @@ import enum
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticSerializationError
 
 __all__ = [
     "FeedbackKind",
@@ -31,6 +32,7 @@ __all__ = [
 ]
 
 Role = Literal["system", "user", "assistant", "tool"]
+_LINE_BREAK_ESCAPES = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
 class _Record(BaseModel):
@@ -38,12 +40,26 @@ class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants", validate_assignment=False)
 
     def to_json(self) -> str:
-        """One line of JSON (no newline), lossless for every field."""
-        return self.model_dump_json()
+        """One line of JSON, lossless for every field, safe to split on any line boundary.
+
+        Characters that ``str.splitlines`` treats as line breaks but JSON leaves unescaped (U+0085,
+        U+2028, U+2029) are escaped; text holding lone surrogates (undecodable bytes kept with
+        ``surrogateescape``) is written with ASCII escapes instead of failing.
+        """
+        try:
+            text = self.model_dump_json()
+        except PydanticSerializationError:
+            return json.dumps(self.model_dump(mode="json"), ensure_ascii=True, separators=(",", ":"))
+        return text.translate(_LINE_BREAK_ESCAPES)
 
     @classmethod
     def from_json(cls, text: str | bytes):
-        return cls.model_validate_json(text)
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as exc:
+            if not any(e["type"] == "json_invalid" for e in exc.errors()):
+                raise
+            return cls.model_validate(json.loads(text))  # lone-surrogate escapes jiter refuses
 
 
 class FeedbackKind(str, enum.Enum):
