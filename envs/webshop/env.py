@@ -83,7 +83,8 @@ class WebShopEnv(AgentEnv):
     Arguments: ``data_dir`` (default ``$WEBSHOP_DATA`` or ``agentgym data webshop``'s folder),
     ``goals`` ("synthetic" or "human"), ``num_products`` (first N products), ``show_attrs``
     (an "Attributes" sub-page, off as in the benchmark), ``price_seed`` / ``goal_seed`` (the
-    seeded draws made when the shop is built), ``max_steps`` (default 15).
+    seeded draws made when the shop is built), ``max_steps`` (default 15), ``max_action_chars``
+    (default 1 M, so a 100 KB search reaches the parser and is answered with the page shown again).
     """
 
     default_max_steps = 15
@@ -92,7 +93,7 @@ class WebShopEnv(AgentEnv):
     def __init__(self, data_dir: str | os.PathLike | None = None, *, goals: str = "synthetic",
                  num_products: int | None = None, show_attrs: bool = False,
                  price_seed: int = DEFAULT_PRICE_SEED, goal_seed: int = DEFAULT_GOAL_SEED,
-                 max_steps: int | None = None, max_action_chars: int = 100_000,
+                 max_steps: int | None = None, max_action_chars: int = 1_000_000,
                  render_mode: str | None = None):
         super().__init__(max_steps=max_steps, max_action_chars=max_action_chars, render_mode=render_mode)
         self.shop: Shop = get_shop(data_dir, goals=goals, num_products=num_products,
