@@ -1,0 +1,313 @@
+"""The rollout loop: N tasks x G group members against any registered env, generation batched
+across live episodes, token-exact steps, trajectories streamed to a JSON Lines store.
+
+Token bookkeeping (token-level policies, see ``agentgym.agents.chat``): the first context of an
+episode is the chat template's rendering of the env's first messages; every later context is the
+previous context + the sampled action ids + the tokenization of ONLY the new environment messages
+(``ChatRenderer.continue_ids``). A past action is never decoded and re-tokenized, so
+``steps[t + 1].prompt_ids`` starts with ``steps[t].prompt_ids + steps[t].action_ids`` and
+``episode_tokens`` can lay the whole episode out as one sequence with an exact policy-token mask.
+
+Group members of a task get the same reset seed and options, hence identical start states.
+An env that raises is closed and its episode recorded as truncated with the error; the run goes on.
+A policy that raises (a permanent API error, say) stops the run: finished episodes are already in
+the store.
+
+>>> import agentgym
+>>> from agentgym.agents.scripted import ScriptedPolicy
+>>> trajs = rollout(ScriptedPolicy(lambda conv: "apple"), "agentgym/Echo-v0",
+...                 tasks=[{"word": "apple"}], group_size=2, progress=False)
+>>> [t.success for t in trajs], trajs[0].group_id == trajs[1].group_id
+([True, True], True)
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import gymnasium as gym
+
+from agentgym.store import TrajectoryStore, read_trajectories
+from agentgym.types import Feedback, Message, Step, Trajectory, json_safe
+
+__all__ = ["rollout", "RolloutRunner", "RolloutStats", "EpisodeTokens", "episode_tokens"]
+
+_STANDARD_INFO = {"feedback", "messages", "new_messages", "tools", "step", "task"}
+
+
+@dataclass
+class RolloutStats:
+    """Wall-clock accounting of a run (seconds), for benchmarks and logs."""
+
+    episodes: int = 0
+    steps: int = 0
+    generate_calls: int = 0
+    policy_seconds: float = 0.0
+    env_seconds: float = 0.0
+    total_seconds: float = 0.0
+    env_errors: int = 0
+
+    @property
+    def overhead_seconds(self) -> float:
+        """Time spent in the framework itself: neither generating nor stepping envs."""
+        return max(0.0, self.total_seconds - self.policy_seconds - self.env_seconds)
+
+
+@dataclass
+class _Episode:
+    task_index: int
+    member: int
+    seed: int
+    options: dict[str, Any]
+    group_id: str
+    env: Any = None
+    started: float = 0.0
+    messages: list[Message] = field(default_factory=list)
+    history: list[Message] = field(default_factory=list)
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    task: dict[str, Any] = field(default_factory=dict)
+    prompt_ids: list[int] | None = None
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.task_index}:{self.member}"
+
+
+class RolloutRunner:
+    """Runs episodes; ``run()`` returns the trajectories sorted by (task, member)."""
+
+    def __init__(self, policy: Any, env_id: str, tasks: Sequence[dict[str, Any] | None] | int, *,
+                 group_size: int = 1, sampling: Any = None, env_kwargs: dict[str, Any] | None = None,
+                 seed: int = 0, max_steps: int | None = None, max_episode_seconds: float | None = None,
+                 max_concurrent: int = 64, store: str | Path | TrajectoryStore | None = None,
+                 resume: bool = False, progress: bool = True, run_id: str | None = None):
+        if isinstance(tasks, int):
+            tasks = [None] * tasks
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
+        if max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be >= 1, got {max_concurrent}")
+        if env_id not in gym.registry:
+            raise gym.error.NameNotFound(f"environment {env_id!r} is not registered; known agentgym ids: "
+                                         f"{sorted(k for k in gym.registry if k.startswith('agentgym/'))}")
+        self.policy, self.env_id, self.tasks = policy, env_id, [dict(t or {}) for t in tasks]
+        self.group_size, self.seed = group_size, seed
+        self.sampling = sampling
+        self.env_kwargs = dict(env_kwargs or {})
+        self.max_steps, self.max_episode_seconds = max_steps, max_episode_seconds
+        self.max_concurrent, self.progress = max_concurrent, progress
+        self.run_id = run_id or uuid.uuid4().hex[:8]
+        self._own_store = store is not None and not isinstance(store, TrajectoryStore)
+        self._done_keys: set[str] = set()
+        if resume and store is not None:
+            path = store.path if isinstance(store, TrajectoryStore) else Path(store)
+            if path.is_file():
+                self._done_keys = {t.metadata.get("episode") for t in read_trajectories(path)
+                                   if t.metadata.get("run_id") == self.run_id}
+        self.store = TrajectoryStore(store) if self._own_store else store
+        self.stats = RolloutStats()
+        self._idle_envs: list[Any] = []
+        self._token_level = bool(getattr(policy, "token_level", False))
+
+    # ------------------------------------------------------------------ episode lifecycle
+    def _start(self, ep: _Episode) -> Trajectory | None:
+        ep.started = time.perf_counter()
+        t0 = time.perf_counter()
+        try:
+            ep.env = self._idle_envs.pop() if self._idle_envs else gym.make(self.env_id, **self.env_kwargs)
+            _, info = ep.env.reset(seed=ep.seed, options=dict(ep.options))
+            ep.messages = [m if isinstance(m, Message) else Message(**m) for m in info["messages"]]
+            ep.history = list(ep.messages)
+            ep.tools = list(info.get("tools") or [])
+            ep.task = dict(info.get("task") or {})
+            if self._token_level:
+                ep.prompt_ids = self.policy.renderer.prompt_ids(ep.messages, ep.tools or None)
+        except Exception as exc:  # an env (or its data) failed: record it, go on
+            return self._fail(ep, exc, "reset")
+        finally:
+            self.stats.env_seconds += time.perf_counter() - t0
+        return None
+
+    def _fail(self, ep: _Episode, exc: BaseException, where: str) -> Trajectory:
+        self.stats.env_errors += 1
+        if ep.env is not None:
+            try:
+                ep.env.close()
+            except Exception:  # closing a broken env must not stop the run either
+                pass
+            ep.env = None
+        error = f"{where}: {type(exc).__name__}: {exc}"
+        return self._finish(ep, terminated=False, truncated=True, error=error,
+                            detail="".join(traceback.format_exception(exc, limit=-3)))
+
+    def _finish(self, ep: _Episode, *, terminated: bool, truncated: bool, error: str | None = None,
+                detail: str | None = None) -> Trajectory:
+        if ep.env is not None:
+            self._idle_envs.append(ep.env)  # healthy envs are reused (reset() starts them afresh)
+            ep.env = None
+        final = sum(s.reward for s in ep.steps)
+        last_info = ep.steps[-1].info if ep.steps else {}
+        success = bool(last_info["success"]) if isinstance(last_info.get("success"), bool) else final >= 1.0
+        meta = {"run_id": self.run_id, "episode": ep.key, "task_index": ep.task_index, "member": ep.member,
+                "seed": ep.seed, "options": json_safe(ep.options), "task": json_safe(ep.task),
+                "tools": json_safe(ep.tools), "policy": getattr(self.policy, "name", type(self.policy).__name__),
+                "seconds": round(time.perf_counter() - ep.started, 6)}
+        if detail:
+            meta["traceback"] = detail
+        traj = Trajectory(task_id=str(ep.task.get("id") or ep.options.get("task_id") or f"task-{ep.task_index}"),
+                          group_id=ep.group_id, env_id=self.env_id, messages=ep.messages, steps=ep.steps,
+                          final_reward=final, success=success and error is None, terminated=terminated,
+                          truncated=truncated, error=error, metadata=meta)
+        if self.store is not None:
+            self.store.append(traj)
+        self.stats.episodes += 1
+        return traj
+
+    def _step(self, ep: _Episode, gen: Any) -> Trajectory | None:
+        index = len(ep.steps)
+        t0 = time.perf_counter()
+        try:
+            obs, reward, terminated, truncated, info = ep.env.step(gen.text)
+        except Exception as exc:
+            self.stats.env_seconds += time.perf_counter() - t0
+            ep.steps.append(self._record(ep, index, gen, "", [], [], 0.0, False, True,
+                                         {"error": f"{type(exc).__name__}: {exc}"}))
+            return self._fail(ep, exc, f"step {index}")
+        self.stats.env_seconds += time.perf_counter() - t0
+        self.stats.steps += 1
+        new = [m if isinstance(m, Message) else Message(**m) for m in info.get("new_messages", [])]
+        feedback = [f if isinstance(f, Feedback) else Feedback(**f) for f in info.get("feedback", [])]
+        extra = {k: v for k, v in info.items() if k not in _STANDARD_INFO}
+        if not (terminated or truncated) and self.max_steps is not None and index + 1 >= self.max_steps:
+            truncated = True
+            extra["truncated_by"] = f"rollout max_steps={self.max_steps}"
+        ep.steps.append(self._record(ep, index, gen, obs, new, feedback, reward, terminated, truncated, extra))
+        if terminated or truncated:
+            return self._finish(ep, terminated=bool(terminated), truncated=bool(truncated))
+        ep.history = [m if isinstance(m, Message) else Message(**m) for m in info.get("messages", ep.history)]
+        if self._token_level:
+            try:
+                ep.prompt_ids = self.policy.renderer.continue_ids(
+                    ep.prompt_ids + gen.token_ids, gen.token_ids, new, ep.tools or None)
+            except Exception as exc:  # e.g. a template that cannot render this env's messages
+                return self._fail(ep, exc, f"render after step {index}")
+        return None
+
+    def _record(self, ep, index, gen, obs, new, feedback, reward, terminated, truncated, extra) -> Step:
+        info = dict(json_safe(extra))
+        info["finish_reason"] = gen.finish_reason
+        if gen.tool_calls:
+            info["tool_calls"] = [json_safe(c) for c in gen.tool_calls]
+        token_level = self._token_level and gen.token_ids
+        if not token_level and gen.logprobs:  # API log-probs without ids stay with their token strings
+            info["logprobs"] = list(gen.logprobs)
+            if "tokens" in gen.info:
+                info["tokens"] = list(gen.info["tokens"])
+        return Step(index=index, prompt_ids=list(ep.prompt_ids or []), action_ids=list(gen.token_ids),
+                    action_logprobs=list(gen.logprobs) if token_level else [], action_text=gen.text,
+                    observation=obs, reply=new, feedback=feedback, reward=float(reward),
+                    terminated=bool(terminated), truncated=bool(truncated), info=info)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> list[Trajectory]:
+        from tqdm.auto import tqdm
+
+        started = time.perf_counter()
+        pending = deque(
+            _Episode(task_index=i, member=g, seed=self.seed + i, options=opts,
+                     group_id=f"{self.run_id}/{i}")
+            for i, opts in enumerate(self.tasks) for g in range(self.group_size)
+            if f"{i}:{g}" not in self._done_keys)
+        done: list[Trajectory] = []
+        live: list[_Episode] = []
+        bar = tqdm(total=len(pending), disable=not self.progress, desc=self.env_id, unit="ep")
+        try:
+            while pending or live:
+                while pending and len(live) < self.max_concurrent:
+                    ep = pending.popleft()
+                    failed = self._start(ep)
+                    if failed is not None:
+                        done.append(failed)
+                        bar.update(1)
+                    else:
+                        live.append(ep)
+                if not live:
+                    continue
+                now = time.perf_counter()
+                if self.max_episode_seconds is not None:
+                    for ep in [e for e in live if now - e.started > self.max_episode_seconds]:
+                        live.remove(ep)
+                        done.append(self._finish(ep, terminated=False, truncated=True,
+                                                 error=f"time limit: episode ran {now - ep.started:.1f}s "
+                                                       f"> max_episode_seconds={self.max_episode_seconds}"))
+                        bar.update(1)
+                    if not live:
+                        continue
+                t0 = time.perf_counter()
+                gens = self.policy.generate(
+                    [ep.history for ep in live], [ep.tools or None for ep in live], self.sampling,
+                    prompt_ids=[ep.prompt_ids for ep in live] if self._token_level else None)
+                self.stats.policy_seconds += time.perf_counter() - t0
+                self.stats.generate_calls += 1
+                still = []
+                for ep, gen in zip(live, gens, strict=True):
+                    finished = self._step(ep, gen)
+                    if finished is None:
+                        still.append(ep)
+                    else:
+                        done.append(finished)
+                        bar.update(1)
+                live = still
+                if done:
+                    bar.set_postfix(live=len(live), reward=f"{sum(t.final_reward for t in done) / len(done):.3f}")
+        finally:
+            bar.close()
+            for ep in live:  # the run is being aborted: release envs of in-flight episodes
+                if ep.env is not None:
+                    ep.env.close()
+            for env in self._idle_envs:
+                env.close()
+            self._idle_envs.clear()
+            if self._own_store:
+                self.store.close()
+            self.stats.total_seconds += time.perf_counter() - started
+        return sorted(done, key=lambda t: (t.metadata["task_index"], t.metadata["member"]))
+
+
+def rollout(policy: Any, env_id: str, tasks: Sequence[dict[str, Any] | None] | int, **kwargs: Any) -> list[Trajectory]:
+    """Run N tasks x ``group_size`` episodes (see ``RolloutRunner`` for the options)."""
+    return RolloutRunner(policy, env_id, tasks, **kwargs).run()
+
+
+@dataclass
+class EpisodeTokens:
+    """A token-level episode laid out as one sequence: ``ids`` and a mask that is 1 exactly on the
+    tokens the policy sampled (``action_spans`` gives each step's [start, end))."""
+
+    ids: list[int]
+    policy_mask: list[int]
+    action_spans: list[tuple[int, int]]
+
+
+def episode_tokens(trajectory: Trajectory) -> EpisodeTokens:
+    """The episode as one sequence plus the loss mask; checks the append-only invariant."""
+    ids: list[int] = []
+    mask: list[int] = []
+    spans = []
+    for step in trajectory.steps:
+        if step.prompt_ids[:len(ids)] != ids:
+            raise ValueError(f"step {step.index}: prompt_ids do not extend the previous context + action "
+                             f"(first difference at token {next(i for i, (a, b) in enumerate(zip(step.prompt_ids, ids)) if a != b) if len(step.prompt_ids) >= len(ids) else len(step.prompt_ids)})")
+        mask.extend([0] * (len(step.prompt_ids) - len(ids)))
+        ids = list(step.prompt_ids)
+        spans.append((len(ids), len(ids) + len(step.action_ids)))
+        ids.extend(step.action_ids)
+        mask.extend([1] * len(step.action_ids))
+    return EpisodeTokens(ids=ids, policy_mask=mask, action_spans=spans)

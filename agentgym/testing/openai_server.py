@@ -1,0 +1,269 @@
+"""A scripted OpenAI-compatible chat-completions server on 127.0.0.1 (standard library only).
+
+It is a real HTTP server (threaded, one thread per connection) that the ``openai`` client talks to
+unchanged. Replies come from a *responder* (a function of the request body, so concurrent and
+retried requests get the same answer) or from a FIFO queue; faults come from a queue or a seeded
+transient-fault rate, independent of the replies, so a faulty run and a fault-free run see the
+same scripted answers.
+
+>>> from openai import OpenAI
+>>> with ScriptedOpenAIServer(responder=lambda body: Reply(content="hello")) as server:
+...     client = OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
+...     client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}]).choices[0].message.content
+'hello'
+
+Faults (``Fault.kind``): ``"429"`` (with ``Retry-After``), ``"500"``, ``"503"``, ``"401"``,
+``"timeout"`` (answers only after ``seconds``), ``"malformed"`` (200 with broken JSON),
+``"truncated"`` (the body, or the SSE stream, is cut off and the connection closed).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+__all__ = ["ScriptedOpenAIServer", "Reply", "Fault", "TRANSIENT_FAULTS"]
+
+TRANSIENT_FAULTS = ("429", "500", "503", "timeout", "malformed", "truncated")
+
+
+@dataclass
+class Reply:
+    """One scripted completion. ``tool_calls``: [{"name": ..., "arguments": {...}}].
+    ``logprobs``: per-token log-probs (with ``tokens``, else tokens are made up from the content)."""
+
+    content: str | None = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    logprobs: list[float] | None = None
+    tokens: list[str] | None = None
+    finish_reason: str | None = None
+    delay: float = 0.0
+
+
+@dataclass
+class Fault:
+    kind: str
+    retry_after: float | None = 0.05  # seconds, for 429 (and 503 when set)
+    seconds: float = 2.0  # how long a "timeout" stalls
+
+    def __post_init__(self):
+        if self.kind not in TRANSIENT_FAULTS + ("401", "400"):
+            raise ValueError(f"unknown fault kind {self.kind!r}; expected one of {TRANSIENT_FAULTS + ('401', '400')}")
+
+
+class ScriptedOpenAIServer:
+    """Start with ``with ScriptedOpenAIServer(...) as s`` (or ``start()``/``stop()``); ``s.base_url``
+    is the ``/v1`` URL to give a client. ``s.requests`` logs (body, fault kind or None)."""
+
+    def __init__(self, responder: Callable[[dict[str, Any]], Reply] | None = None, *,
+                 fault_rate: float = 0.0, fault_kinds: tuple[str, ...] = TRANSIENT_FAULTS,
+                 seed: int = 0, api_key: str | None = None, timeout_seconds: float = 2.0):
+        self.responder = responder
+        self.replies: deque[Reply] = deque()
+        self.faults: deque[Fault] = deque()
+        self.fault_rate, self.fault_kinds = fault_rate, fault_kinds
+        self.api_key, self.timeout_seconds = api_key, timeout_seconds
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.requests: list[tuple[dict[str, Any], str | None]] = []
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ scripting
+    def enqueue(self, *replies: Reply) -> None:
+        self.replies.extend(replies)
+
+    def fail_next(self, *faults: Fault | str) -> None:
+        self.faults.extend(f if isinstance(f, Fault) else Fault(f) for f in faults)
+
+    def _pick(self, body: dict[str, Any]) -> tuple[Fault | None, Reply | None]:
+        with self._lock:
+            fault = None
+            if self.faults:
+                fault = self.faults.popleft()
+            elif self.fault_rate and self._rng.random() < self.fault_rate:
+                fault = Fault(self._rng.choice(self.fault_kinds), seconds=self.timeout_seconds)
+            self.requests.append((body, fault.kind if fault else None))
+            if fault is not None:
+                return fault, None
+            if self.responder is not None:
+                return None, None  # computed outside the lock
+            if not self.replies:
+                return Fault("400"), None
+            return None, self.replies.popleft()
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def base_url(self) -> str:
+        if self._httpd is None:
+            raise RuntimeError("server not started")
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def start(self) -> "ScriptedOpenAIServer":
+        server = self
+
+        class Handler(_Handler):
+            owner = server
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True, name="scripted-openai-server")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> "ScriptedOpenAIServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+    if reply.tool_calls:
+        message["tool_calls"] = [
+            {"id": c.get("id") or f"call_{uuid.uuid4().hex[:12]}", "type": "function",
+             "function": {"name": c["name"], "arguments": json.dumps(c.get("arguments", {}))}}
+            for c in reply.tool_calls]
+    choice: dict[str, Any] = {"index": 0, "message": message,
+                              "finish_reason": reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")}
+    if body.get("logprobs") and reply.logprobs is not None:
+        tokens = reply.tokens or [f"t{i}" for i in range(len(reply.logprobs))]
+        choice["logprobs"] = {"content": [{"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
+                                          for t, lp in zip(tokens, reply.logprobs)]}
+    return {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
+            "model": body.get("model", "scripted"), "choices": [choice],
+            "usage": {"prompt_tokens": 0, "completion_tokens": len(reply.logprobs or []), "total_tokens": 0}}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: ScriptedOpenAIServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:  # quiet: tests read server.requests instead
+        pass
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout fault): fine
+            pass
+
+    def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> None:
+        self._json(status, {"error": {"message": message, "type": kind, "code": status}}, headers)
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/").endswith("/models"):
+            self._json(200, {"object": "list", "data": [{"id": "scripted", "object": "model"}]})
+        else:
+            self._error(404, f"no route {self.path}", "not_found")
+
+    def do_POST(self) -> None:
+        owner = self.owner
+        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}")
+        except json.JSONDecodeError as exc:
+            return self._error(400, f"request body is not JSON: {exc}", "invalid_request_error")
+        if not self.path.rstrip("/").endswith("/chat/completions"):
+            return self._error(404, f"no route {self.path}", "not_found")
+        if owner.api_key is not None and self.headers.get("Authorization") != f"Bearer {owner.api_key}":
+            owner.requests.append((body, "401"))
+            return self._error(401, "Incorrect API key provided.", "invalid_api_key")
+        fault, reply = owner._pick(body)
+        if fault is not None and not (fault.kind == "truncated" and body.get("stream")):
+            return self._fault(fault)
+        if reply is None and owner.responder is None:  # a truncated stream with nothing queued
+            reply = Reply(content="this stream is cut off before its end")
+        if reply is None:
+            try:
+                reply = owner.responder(body)
+            except Exception as exc:  # a broken script is a 500 the test will see, not a dead server
+                return self._error(500, f"responder failed: {type(exc).__name__}: {exc}", "server_error")
+        if reply.delay:
+            time.sleep(reply.delay)
+        payload = _completion(body, reply)
+        if body.get("stream"):
+            return self._stream(payload, truncate=fault is not None)
+        self._json(200, payload)
+
+    def _fault(self, fault: Fault) -> None:
+        kind = fault.kind
+        if kind == "429":
+            headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+            return self._error(429, "Rate limit reached; retry later.", "rate_limit_exceeded", headers)
+        if kind in ("500", "503", "401", "400"):
+            headers = {"Retry-After": f"{fault.retry_after:g}"} if kind == "503" and fault.retry_after else {}
+            return self._error(int(kind), f"scripted fault {kind}", "server_error" if kind[0] == "5" else
+                               "invalid_request_error", headers)
+        if kind == "timeout":
+            deadline = time.monotonic() + fault.seconds
+            while time.monotonic() < deadline and not self.owner._stop.is_set():
+                time.sleep(0.02)
+            return self._error(504, "scripted timeout elapsed", "timeout")
+        if kind == "malformed":
+            data = b'{"id": "chatcmpl-broken", "choices": [{"message": {"content": "unterminated'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        if kind == "truncated":
+            data = b'{"id": "chatcmpl-cut", "object": "chat.completion", "choices": ['
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data) + 500))  # promise more than we send
+            self.end_headers()
+            self.wfile.write(data)
+            self.wfile.flush()
+            self.close_connection = True
+            return
+
+    def _stream(self, payload: dict[str, Any], truncate: bool) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        message = payload["choices"][0]["message"]
+        text = message.get("content") or ""
+        pieces = [text[i:i + 8] for i in range(0, len(text), 8)] or [""]
+        for i, piece in enumerate(pieces):
+            chunk = {"id": payload["id"], "object": "chat.completion.chunk", "created": payload["created"],
+                     "model": payload["model"], "choices": [{"index": 0, "delta": {"content": piece},
+                                                             "finish_reason": None}]}
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            if truncate and i >= len(pieces) // 2:
+                self.close_connection = True
+                return
+        end = {"id": payload["id"], "object": "chat.completion.chunk", "created": payload["created"],
+               "model": payload["model"], "choices": [{"index": 0, "delta": {},
+                                                       "finish_reason": payload["choices"][0]["finish_reason"]}]}
+        self.wfile.write(f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode())
+        self.close_connection = True

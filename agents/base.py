@@ -1,0 +1,120 @@
+"""The one interface every policy and teacher backend implements.
+
+- ``generate(conversations, tools, sampling)``: one completion per conversation, with its text,
+  the exact token ids sampled and their log-probs (token-level backends), or the text, native tool
+  calls and whatever log-probs the server returns (API backends).
+- ``score(context_ids, action_ids, top_k)``: log-probs of given action tokens under a given context
+  (local backends), optionally with the top-k alternatives and the tail mass
+  ``log(1 - sum(top-k probs))`` that distillation losses need (see ALGORITHMS.md).
+
+Token-level backends also own a ``ChatRenderer`` (``policy.renderer``) that turns messages into
+ids; the rollout uses it to extend a context without re-tokenizing past actions.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+from agentgym.types import Message, ToolCall
+
+__all__ = ["SamplingParams", "Generation", "ScoreResult", "Policy", "PolicyError", "Conversation",
+           "as_chat", "per_conversation"]
+
+Conversation = Sequence["Message | dict[str, Any]"]
+
+
+class PolicyError(RuntimeError):
+    """A backend could not produce a completion (and retrying will not help)."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample. ``temperature=0`` means greedy. Log-probs are recorded under the
+    temperature-scaled distribution (``log_softmax(logits / T)``; T = 1 when greedy), before top-p /
+    top-k truncation, which is what ``score(..., temperature=T)`` recomputes."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 256
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+    @property
+    def logprob_temperature(self) -> float:
+        return self.temperature if self.temperature > 0 else 1.0
+
+
+@dataclass
+class Generation:
+    """One completion. ``prompt_ids`` is the exact context the model was conditioned on (empty for
+    API backends that do not expose it); ``token_ids``/``logprobs`` align token for token."""
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    prompt_ids: list[int] = field(default_factory=list)
+    finish_reason: str = "stop"  # "stop" | "length" | "tool_calls"
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ScoreResult:
+    """Per action token: its log-prob; with ``top_k > 0`` also the top-k ids and log-probs at that
+    position and the tail log-mass ``log(1 - sum(exp(topk_logprobs)))``."""
+
+    logprobs: list[float]
+    topk_ids: list[list[int]] | None = None
+    topk_logprobs: list[list[float]] | None = None
+    tail_logprobs: list[float] | None = None
+
+
+class Policy(abc.ABC):
+    """Base of every backend. ``token_level`` says whether ``generate`` returns exact token ids
+    (and accepts ``prompt_ids``) so that a rollout can record token-exact steps."""
+
+    token_level: ClassVar[bool] = False
+    name: str = "policy"
+
+    @abc.abstractmethod
+    def generate(self, conversations: Sequence[Conversation], tools: Any = None,
+                 sampling: SamplingParams | None = None, *,
+                 prompt_ids: Sequence[Sequence[int] | None] | None = None) -> list[Generation]:
+        """One completion per conversation. ``tools`` is one list of JSON schemas for all, or one
+        per conversation. ``prompt_ids`` (token-level backends) overrides the rendering of the
+        conversation with an exact context."""
+
+    def score(self, context_ids: Sequence[int], action_ids: Sequence[int], top_k: int = 0, *,
+              temperature: float = 1.0) -> ScoreResult:
+        raise PolicyError(f"{type(self).__name__} cannot score token ids (only local backends can)")
+
+    def close(self) -> None:
+        """Release engines, threads and connections (idempotent)."""
+
+
+def as_chat(message: Message | dict[str, Any]) -> dict[str, Any]:
+    return message.to_chat() if isinstance(message, Message) else dict(message)
+
+
+def per_conversation(value: Any, n: int, what: str) -> list[Any]:
+    """Broadcast ``tools`` (one list for all, or one per conversation) to ``n`` entries."""
+    if value is None:
+        return [None] * n
+    if isinstance(value, (list, tuple)) and len(value) == n and all(
+            v is None or isinstance(v, (list, tuple)) for v in value) and n > 0 and not (
+            value and isinstance(value[0], dict)):
+        return list(value)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, dict) for v in value):
+        return [list(value)] * n
+    raise TypeError(f"{what} must be a list of JSON schemas or one such list per conversation "
+                    f"({n}), got {type(value).__name__} of length {len(value) if hasattr(value, '__len__') else '?'}")
