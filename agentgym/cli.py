@@ -12,6 +12,11 @@ import sys
 from typing import Callable
 
 COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("agentgym.train:main", "train a policy (default: HINT-SD on BFCL v3 multi-turn, see README)"),
+    "eval": ("agentgym.train:eval_main", "evaluate a policy or a run's checkpoint on an env split"),
+    "bench": ("agentgym.bench:main", "run the benchmarks in benchmarks/ (agentgym bench NAME)"),
+    "report": ("agentgym.report:main", "write a self-contained HTML report of a run folder"),
+    "view": ("agentgym.report:view_main", "write an HTML view of a trajectories .jsonl file"),
     "envs": ("agentgym.cli:list_envs", "list the registered environments"),
     "data": ("agentgym.cli:data", "build or fetch benchmark data: agentgym data {webshop,alfworld,appworld} ..."),
 }
