@@ -76,7 +76,7 @@ _TINY_SPEC = {
     "num_attention_heads": 2,
     "num_key_value_heads": 1,
     "head_dim": 64,  # vLLM's attention kernels accept 64 and up
-    "max_position_embeddings": 8192,
+    "max_position_embeddings": 32768,  # BFCL long-context prompts
     "seed": 0,
 }
 

