@@ -1,0 +1,183 @@
+"""The real ALFWorld engine in-process: TextWorld's ``PddlEnv`` (fast-downward underneath) wrapped by
+ALFWorld's own ``AlfredDemangler``, ``AlfredInfos`` and ``AlfredExpert`` (the handcoded expert), the
+same wrapper chain ``alfworld.agents.environment.AlfredTWEnv.init_env`` registers with
+``textworld.gym`` - minus the asynchronous worker processes, so there is nothing to leak.
+
+Two things are added on top, neither changes what the game says:
+
+- ``pddl2sas`` (fast-downward's PDDL -> SAS translation, ~1 s per call and called twice per
+  ``load`` and twice per ``reset``) is memoised in a bounded LRU keyed by the (domain, problem) text.
+  It is a pure function of its inputs; the translated task is only read afterwards.
+- The handcoded expert draws from the global ``random`` module when it is unsure; the engine swaps in
+  its own seeded state around every engine call so an episode (and an expert plan) replays
+  identically and the caller's global ``random`` is left untouched.
+
+>>> eng = Engine()                                            # doctest: +SKIP
+>>> state = eng.start("game/game.tw-pddl", seed=0)            # doctest: +SKIP
+>>> state["admissible_commands"][:2], state["extra.expert_plan"]   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import random
+import threading
+from typing import Any, Iterator
+
+import textworld
+import textworld.envs.pddl.logic as _pddl_logic
+from textworld.envs.pddl import PddlEnv
+
+from alfworld.agents.environment.alfred_tw_env import (AlfredDemangler, AlfredExpert, AlfredExpertType,
+                                                       AlfredInfos)
+
+__all__ = ["Engine", "TranslationCache", "install_translation_cache"]
+
+
+class TranslationCache:
+    """A bounded LRU memo of ``fast_downward.pddl2sas`` (a pure function of domain + problem text)."""
+
+    def __init__(self, module: Any, maxsize: int = 32):
+        self._module = module
+        self.maxsize = maxsize
+        self._memo: collections.OrderedDict[tuple, tuple] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __getattr__(self, name: str) -> Any:  # everything but pddl2sas is the real module
+        return getattr(self._module, name)
+
+    def pddl2sas(self, domain: str, problem: str, verbose: bool = False, optimize: bool = False):
+        key = (hashlib.sha1(domain.encode()).hexdigest(), hashlib.sha1(problem.encode()).hexdigest(),
+               bool(optimize))
+        with self._lock:
+            if key in self._memo:
+                self._memo.move_to_end(key)
+                self.hits += 1
+                return self._memo[key]
+        result = self._module.pddl2sas(domain, problem, verbose=verbose, optimize=optimize)
+        with self._lock:
+            self.misses += 1
+            self._memo[key] = result
+            while len(self._memo) > self.maxsize:
+                self._memo.popitem(last=False)
+        return result
+
+    def clear(self) -> None:
+        with self._lock:
+            self._memo.clear()
+
+
+def install_translation_cache(maxsize: int = 32) -> TranslationCache:
+    """Route textworld's PDDL states through one process-wide ``TranslationCache`` (idempotent)."""
+    current = _pddl_logic.fast_downward
+    if isinstance(current, TranslationCache):
+        return current
+    cache = TranslationCache(current, maxsize=maxsize)
+    _pddl_logic.fast_downward = cache
+    return cache
+
+
+class Engine:
+    """One ALFWorld game engine, reused across games (``start`` loads a new game into it).
+
+    Each ``PddlEnv`` dlopens its own private copy of ``libdownward.so``; that copy is created once
+    here and released (``cleanup`` + ``dlclose``) by ``close()``.
+    """
+
+    REQUEST_INFOS = dict(won=True, admissible_commands=True, facts=True, extras=["gamefile", "expert_plan"])
+
+    def __init__(self) -> None:
+        install_translation_cache()
+        infos = textworld.EnvInfos(**{k: (list(v) if isinstance(v, list) else v)
+                                      for k, v in self.REQUEST_INFOS.items()})
+        self._pddl = PddlEnv(infos)
+        env = AlfredDemangler(self._pddl, shuffle=False)
+        env = AlfredInfos(env)
+        self._env = AlfredExpert(env, expert_type=AlfredExpertType.HANDCODED)
+        self._rng_state: Any = None
+        self.gamefile: str | None = None
+        self.closed = False
+
+    # ------------------------------------------------------------------ expert randomness
+    @contextlib.contextmanager
+    def _own_random(self) -> Iterator[None]:
+        outer = random.getstate()
+        random.setstate(self._rng_state)
+        try:
+            yield
+        finally:
+            self._rng_state = random.getstate()
+            random.setstate(outer)
+
+    # ------------------------------------------------------------------ game play
+    def start(self, gamefile: str, seed: int = 0) -> dict[str, Any]:
+        """Load ``gamefile`` (a ``game.tw-pddl`` next to its ``traj_data.json``) and reset it."""
+        self._check_open()
+        # Always load: a folder may have been rewritten since (the generator retries in place); the
+        # translation cache makes a reload of an unchanged game cheap.
+        self._env.load(gamefile)
+        self.gamefile = gamefile
+        return self.reset(seed)
+
+    def reset(self, seed: int = 0) -> dict[str, Any]:
+        self._check_open()
+        self._rng_state = random.Random(seed).getstate()
+        with self._own_random():
+            return self._env.reset()
+
+    def step(self, command: str) -> tuple[dict[str, Any], bool]:
+        self._check_open()
+        with self._own_random():
+            state, _score, done = self._env.step(command)
+        return state, bool(state["won"])
+
+    def expert_rollout(self, history: list[str], seed: int, max_steps: int,
+                       restore: bool = True) -> tuple[list[str], bool]:
+        """The handcoded expert's full plan from the state reached by ``history``.
+
+        Replays ``history`` from a fresh reset (the engine cannot snapshot fast-downward's state), lets
+        the expert act until it wins or ``max_steps`` pass, then resets and replays ``history`` again
+        so the engine is back where it was (``restore=False`` skips that). Returns (plan, won).
+        """
+        state = self.reset(seed)
+        for command in history:
+            state, _ = self.step(command)
+        plan: list[str] = []
+        won = bool(state["won"])
+        while not won and len(plan) < max_steps:
+            command = state["extra.expert_plan"][0]
+            plan.append(command)
+            state, won = self.step(command)
+        if restore:
+            self.reset(seed)
+            for command in history:
+                self.step(command)
+        return plan, won
+
+    # ------------------------------------------------------------------ lifetime
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError("the ALFWorld engine was closed")
+
+    def close(self) -> None:
+        """Free fast-downward's state and unmap this engine's private copy of the library."""
+        if self.closed:
+            return
+        self.closed = True
+        lib = getattr(self._pddl, "downward_lib", None)
+        self._pddl._pddl_state = None
+        self._pddl.downward_lib = None
+        self._env = None
+        self._pddl = None
+        if lib is not None:
+            try:
+                lib.cleanup()
+            finally:
+                import _ctypes
+
+                _ctypes.dlclose(lib._handle)
+
