@@ -1,0 +1,257 @@
+"""An AppWorld worker: one process, one world at a time, JSON over HTTP on 127.0.0.1.
+
+Runs INSIDE the AppWorld virtualenv (pydantic 1); the agentgym process talks to it with the
+standard library only. Two modes:
+
+- ``episode``: APPWORLD_ROOT is the play root (no ground truth). ``/open`` loads a task world,
+  ``/execute`` runs agent code through ``AppWorld.execute`` and reports which app tables changed,
+  ``/close`` closes it.
+- ``grade``: APPWORLD_ROOT is the full root. ``/evaluate`` runs the official
+  ``appworld.evaluator.evaluate_task`` over the end state the episode worker saved on disk.
+
+The server is single-threaded on purpose: AppWorld's execution timeout uses SIGALRM, which only
+works in the main thread. Start-up applies resource limits and an audit hook that, while agent
+code runs, refuses process creation, network connections, native-library loading and file access
+outside the worker's own output folder (defence in depth behind agentgym's static screen).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import sys
+import time
+import traceback
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+_GUARD = {"on": False, "write_prefix": "", "deny_read": ()}
+
+_BLOCKED_EVENTS = {
+    # new processes, network, native code, signals to other processes, environment changes
+    "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "subprocess.Popen",
+    "socket.connect", "socket.bind", "socket.sendto", "socket.getaddrinfo", "ctypes.dlopen",
+    "ctypes.dlsym", "ctypes.cdata", "os.kill", "os.killpg", "signal.pthread_kill", "os.putenv",
+    "os.unsetenv", "os.symlink", "os.link", "os.chmod", "os.chown",
+}
+
+
+def _audit(event: str, args: tuple) -> None:
+    if not _GUARD["on"]:
+        return
+    if event in _BLOCKED_EVENTS:
+        raise PermissionError(f"blocked in the AppWorld sandbox: {event}")
+    if event == "open":
+        path, mode = args[0], args[1] if len(args) > 1 else "r"
+        if isinstance(path, int):
+            return
+        path = os.path.abspath(os.fsdecode(path))
+        writing = isinstance(mode, str) and any(c in mode for c in "wax+")
+        if isinstance(mode, int):  # os.open flags
+            writing = bool(mode & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND))
+        if any(path.startswith(d) for d in _GUARD["deny_read"]):
+            raise PermissionError(f"blocked in the AppWorld sandbox: open {path}")
+        if writing and not path.startswith(_GUARD["write_prefix"]):
+            raise PermissionError(f"blocked in the AppWorld sandbox: write {path}")
+
+
+def apply_limits(mem_mb: int, cpu_seconds: int, fsize_mb: int) -> None:
+    """Cap address space, CPU seconds, file size; forbid new processes (non-root users)."""
+    for name, value in (("RLIMIT_AS", mem_mb << 20), ("RLIMIT_CPU", cpu_seconds),
+                        ("RLIMIT_FSIZE", fsize_mb << 20), ("RLIMIT_CORE", 0)):
+        limit = getattr(resource, name)
+        try:
+            resource.setrlimit(limit, (value, value))
+        except (ValueError, OSError) as exc:  # the platform may not allow it: report, go on
+            print(f"worker: cannot set {name}: {exc}", file=sys.stderr)
+    try:
+        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+    except (ValueError, OSError) as exc:
+        print(f"worker: cannot set RLIMIT_NPROC: {exc}", file=sys.stderr)
+
+
+_TABLE = re.compile(r'^\s*(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+"?(\w+)"?', re.IGNORECASE)
+
+
+class Worker:
+    def __init__(self, mode: str, max_output_chars: int):
+        self.mode = mode
+        self.max_output_chars = max_output_chars
+        self.world = None
+        self.episodes = 0
+        self.task_id = None
+
+    # ----------------------------------------------------------- episode mode
+    def _trackers(self) -> dict:
+        from appworld.common.utils import import_models_module
+
+        return {app: import_models_module(app).SQLModel.db.tracker for app in self.world.task.allowed_apps}
+
+    def open(self, task_id: str, experiment_name: str, timeout_seconds: int, max_api_calls: int = 1000) -> dict:
+        from appworld import AppWorld
+
+        self.close()
+        self.world = AppWorld(task_id=task_id, experiment_name=experiment_name, load_ground_truth=False,
+                              timeout_seconds=timeout_seconds, max_api_calls_per_interaction=max_api_calls,
+                              random_seed=100)
+        self.task_id = task_id
+        self.episodes += 1
+        task = self.world.task
+        return {"task_id": task_id, "instruction": task.instruction, "supervisor": dict(task.supervisor),
+                "datetime": task.datetime.isoformat(), "app_descriptions": task.app_descriptions}
+
+    def execute(self, code: str) -> dict:
+        if self.world is None:
+            raise RuntimeError("no task is open; call /open first")
+        trackers = self._trackers()
+        before = {app: len(t.changes) for app, t in trackers.items()}
+        _GUARD["write_prefix"] = os.path.abspath(self.world.base_output_directory)
+        _GUARD["on"] = True
+        try:
+            output = self.world.execute(code)
+        finally:
+            _GUARD["on"] = False
+        changes: dict[str, dict[str, dict[str, int]]] = {}
+        for app, tracker in self._trackers().items():
+            for statement, _params, _many in tracker.changes[before.get(app, 0):]:
+                match = _TABLE.match(statement)
+                if match is None or "_fts" in match.group(2):  # skip full-text-search shadow tables
+                    continue
+                op = match.group(1).split()[0].lower()
+                tables = changes.setdefault(app, {})
+                tables.setdefault(match.group(2), {}).setdefault(op, 0)
+                tables[match.group(2)][op] += 1
+        truncated = len(output) > self.max_output_chars
+        completed = bool(self.world.task_completed())
+        return {"output": output[: self.max_output_chars], "output_chars": len(output),
+                "truncated": truncated, "changes": changes, "completed": completed}
+
+    def close(self) -> dict:
+        if self.world is not None:
+            try:
+                self.world.close()
+            finally:
+                self.world = None
+                from appworld.apps.api_lib import clear_local_dbs_cache
+
+                clear_local_dbs_cache()
+        return {"closed": True}
+
+    # ----------------------------------------------------------- grade mode
+    def evaluate(self, task_id: str, experiment_name: str) -> dict:
+        from appworld.apps.api_lib import clear_local_dbs_cache
+        from appworld.evaluator import evaluate_task
+
+        try:
+            tracker = evaluate_task(task_id=task_id, experiment_name=experiment_name,
+                                    suppress_errors=True, save_report=False)
+            result = tracker.to_dict()
+            result["failures"] = [{"requirement": f["requirement"], "trace": f["trace"][-2000:]}
+                                  for f in result["failures"]]
+            return result
+        finally:
+            clear_local_dbs_cache()
+            self.episodes += 1
+
+    def solution(self, task_id: str) -> dict:
+        from appworld.common.path_store import path_store
+
+        path = os.path.join(path_store.data, "tasks", task_id, "ground_truth", "solution.py")
+        return {"code": open(path).read() if os.path.exists(path) else None}
+
+
+def make_handler(worker: Worker):
+    routes = {"episode": {"/open": worker.open, "/execute": worker.execute, "/close": worker.close},
+              "grade": {"/evaluate": worker.evaluate, "/solution": worker.solution}}[worker.mode]
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):  # quiet: the parent process logs what matters
+            pass
+
+        def _send(self, status: int, payload: dict) -> None:
+            body = json.dumps(payload, default=str).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            if self.path == "/health":
+                self._send(200, {"ok": True, "pid": os.getpid(), "mode": worker.mode,
+                                 "episodes": worker.episodes, "task_id": worker.task_id})
+            else:
+                self._send(404, {"error": f"no route GET {self.path}"})
+
+        def do_POST(self):
+            handler = routes.get(self.path)
+            if handler is None:
+                self._send(404, {"error": f"no route POST {self.path} in {worker.mode} mode"})
+                return
+            try:
+                length = int(self.headers.get("Content-Length", "0"))
+                args = json.loads(self.rfile.read(length) or b"{}")
+                self._send(200, {"output": handler(**args)})
+            except Exception as exc:  # report to the client; the worker stays up
+                self._send(500, {"error": f"{type(exc).__name__}: {exc}",
+                                 "traceback": traceback.format_exc()[-4000:]})
+
+    return Handler
+
+
+def _exit_with_parent() -> None:
+    """Exit when the agentgym process that started us is gone (no orphaned workers)."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mode", choices=["episode", "grade"], required=True)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--max-output-chars", type=int, default=1_000_000)
+    parser.add_argument("--mem-mb", type=int, default=3072)
+    parser.add_argument("--cpu-seconds", type=int, default=3600)
+    parser.add_argument("--fsize-mb", type=int, default=64)
+    parser.add_argument("--deny-read", action="append", default=[])
+    args = parser.parse_args(argv)
+    worker = Worker(args.mode, args.max_output_chars)
+    # Import AppWorld (and warm it up) before limits and the guard are in force.
+    import appworld.environment  # noqa: F401
+    import appworld.evaluator  # noqa: F401
+    from appworld.apps import get_all_apps
+    from appworld.common.utils import import_apis_module, import_models_module
+
+    for app in get_all_apps():  # a cold first API call must not eat an action's time budget
+        import_models_module(app)
+        if args.mode == "episode":
+            import_apis_module(app)
+
+    server = HTTPServer(("127.0.0.1", args.port), make_handler(worker))
+    _exit_with_parent()
+    _GUARD["deny_read"] = tuple(os.path.abspath(p) for p in args.deny_read)
+    apply_limits(args.mem_mb, args.cpu_seconds, args.fsize_mb)
+    sys.addaudithook(_audit)
+    # The parent reads the port from this line (port 0 lets the kernel choose a free one).
+    print(json.dumps({"port": server.server_address[1], "pid": os.getpid()}), flush=True)
+    started = time.time()
+    try:
+        server.serve_forever()
+    finally:
+        print(f"worker: exiting after {time.time() - started:.0f}s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

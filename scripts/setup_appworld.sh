@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Set up AppWorld for agentgym (idempotent; called by ./setup.sh; ~1-2 minutes the first time).
+#
+# AppWorld pins pydantic 1, so it lives in its own virtualenv under the agentgym data directory
+# ($AGENTGYM_DATA_DIR/appworld, default <repo>/data/appworld), never in .venv:
+#   venv/   appworld==0.1.3.post1 with its dependencies pinned by envs/appworld/worker/constraints.txt
+#   cache/  APPWORLD_CACHE (`appworld install` unpacks its test bundle here, not in ~/.appworld)
+#   root/   the project's generated world and tasks in AppWorld's format (with ground truth)
+#   play/   the same without ground truth: the only root episode workers see
+# The decrypted app code stays inside venv/ (git-ignored data/); nothing here is committed.
+set -euo pipefail
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+DATA="${AGENTGYM_DATA_DIR:-$REPO/data}"
+BASE="$DATA/appworld"
+VENV="$BASE/venv"
+PY="${PYTHON:-python3}"
+VERSION="0.1.3.post1"
+WORKER="$REPO/envs/appworld/worker"
+mkdir -p "$BASE/cache" "$BASE/home"
+export APPWORLD_CACHE="$BASE/cache" HOME="$BASE/home"
+
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+if ! "$VENV/bin/python" -c "import sys, importlib.metadata as m; sys.exit(m.version('appworld') != '$VERSION')" 2>/dev/null; then
+  if [ -x "$REPO/.venv/bin/uv" ]; then
+    "$REPO/.venv/bin/uv" pip install --quiet --python "$VENV/bin/python" -c "$WORKER/constraints.txt" "appworld==$VERSION"
+  else
+    "$VENV/bin/python" -m pip install --quiet -c "$WORKER/constraints.txt" "appworld==$VERSION"
+  fi
+fi
+SITE="$("$VENV/bin/python" -c 'import appworld, os; print(os.path.dirname(appworld.__file__))')"
+if [ ! -f "$SITE/apps/simple_note/apis.py" ] || [ ! -d "$BASE/cache/tests" ]; then
+  (cd "$BASE" && "$VENV/bin/appworld" install)
+  # Workers start much faster with the decrypted apps byte-compiled once.
+  "$VENV/bin/python" -m compileall -q "$SITE" > /dev/null || true
+fi
+
+# (Re)build the world and tasks when they are missing or their generator sources changed.
+STAMP="$(cat "$WORKER/world.py" "$WORKER/tasks.py" "$WORKER/build.py" | sha256sum | cut -c1-16)"
+if [ "$(cat "$BASE/root/.stamp" 2>/dev/null)" != "$STAMP" ] || [ ! -d "$BASE/play/data/tasks" ]; then
+  (cd "$BASE" && "$VENV/bin/python" "$WORKER/build.py" --root "$BASE/root" --play "$BASE/play" --seed 0)
+  echo "$STAMP" > "$BASE/root/.stamp"
+fi
+echo "setup_appworld: ok ($BASE)"
