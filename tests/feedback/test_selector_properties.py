@@ -10,6 +10,8 @@ from agentgym.feedback import (Cap, Dense, FirstDivergence, FirstError, FirstSte
 from agentgym.testing.strategies import char_decode, hindsight_feedback, trajectories
 
 PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# auxiliary properties (beyond the acceptance invariants) run fewer examples to keep the suite lean
+AUX = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 SELECTORS = {
     "dense": lambda: Dense(),
@@ -78,7 +80,7 @@ def test_hindsight_selectors_select_nothing_on_success(traj, data):
         assert selector(traj, feedback) == []
 
 
-@PROPS
+@AUX
 @given(traj=trajectories(success=False), data=st.data())
 def test_hindsight_multi_takes_the_k_earliest_named_steps(traj, data):
     feedback = data.draw(hindsight_feedback(traj))
@@ -91,7 +93,7 @@ def test_hindsight_multi_takes_the_k_earliest_named_steps(traj, data):
         assert t.hint == (next(f.text for f in feedback if f.step == t.step and f.kind.value == "hint") or None)
 
 
-@PROPS
+@AUX
 @given(traj=trajectories(success=False, errors=True))
 def test_first_error_is_the_earliest_error_step(traj):
     [target] = FirstError()(traj)
@@ -118,7 +120,7 @@ def test_composition_laws(case, a, b, k):
     assert Union(a, b)(traj, feedback) == union and Intersection(b, a)(traj, feedback) == Intersection(b, a)(traj, feedback)
 
 
-@PROPS
+@AUX
 @given(traj=trajectories(char_tokens=True, min_steps=1))
 def test_narrowed_spans_cover_exactly_the_command(traj):
     for t in Dense(decode=char_decode, include_successful=True)(traj):
