@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -288,14 +289,17 @@ class AppWorldEnv(AgentEnv):
                               "failures": failed})
 
     def _worker_failed(self, exc: WorkerError, stage: str = "execute") -> EnvReply:
+        """A worker timed out, crashed or failed: the episode ends truncated when its world is gone
+        (timeout, crash) or when grading failed; a plain server error is an error observation."""
         text = f"Execution failed: the AppWorld worker {exc.cause} during {stage} ({exc})."
-        if exc.cause in ("timeout", "crashed"):
+        feedback = [self._fb(FeedbackKind.ERROR, text, type=f"worker_{exc.cause}", stage=stage)]
+        if exc.cause in ("timeout", "crashed") or stage == "evaluate":
+            if stage == "evaluate":
+                self.grader.kill()
             self.worker.kill()  # respawned on the next reset; the episode's world is gone
-            self.grader.kill() if stage == "evaluate" else None
-            return EnvReply(messages=[Message(role="user", content=text)], truncated=True,
-                            feedback=[self._fb(FeedbackKind.ERROR, text, type=f"worker_{exc.cause}", stage=stage)],
+            return EnvReply(messages=[Message(role="user", content=text)], truncated=True, feedback=feedback,
                             info={"truncated_cause": f"worker_{exc.cause}", "success": False})
-        return self._reply(text, [self._fb(FeedbackKind.ERROR, text, type="worker_error", stage=stage)])
+        return self._reply(text, feedback)
 
     def _finish_episode(self) -> None:
         if self.worker.alive:
@@ -308,6 +312,9 @@ class AppWorldEnv(AgentEnv):
         for proc in (getattr(self, "worker", None), getattr(self, "grader", None)):
             if proc is not None:
                 proc.kill()
+        name = getattr(self, "experiment_name", None)
+        if name is not None:  # this env's episode outputs (end states) are of no use after it
+            shutil.rmtree(self.root / "experiments" / "outputs" / name, ignore_errors=True)
         super().close()
 
     def __del__(self):  # workers must not outlive a forgotten env
