@@ -1,0 +1,559 @@
+"""What every learner shares: token-exact step samples, student and teacher log-probs, teacher
+weights (fixed / EMA / hard refresh), micro-batching by token budget, gradient accumulation and
+clipping, AdamW, and one ``update()`` that a learner only specialises with its ``objective``.
+
+A learner sees a batch of trajectories and, per trajectory, the ``Target`` list a selector chose
+(step, token span of that step's action, hint). It does not care where the targets came from.
+
+Token bookkeeping: the student side of every loss is ONE forward over ``step.prompt_ids +
+step.action_ids`` (the exact rollout ids, never a re-tokenized rendering), with log-probs taken only
+at the action tokens, so environment tokens never carry loss. The teacher context is the student
+context + one feedback user message (rendered by the chat template, appended as tokens) + the
+generation prompt, and the teacher scores the student's own action ids under it.
+
+>>> from agentgym.learners.base import plan_micro_batches
+>>> plan_micro_batches([10, 3, 7, 2], token_budget=12)
+[[0], [2, 1], [3]]
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterator, Sequence
+
+import torch
+
+from agentgym.types import Target, Trajectory
+from agentgym.learners.losses import DIRECTIONS, divergence, k3_kl, topk_tail
+
+__all__ = ["Sample", "Batch", "Learner", "LearnerSettings", "TeacherWeights", "TeacherContext",
+           "plan_micro_batches", "action_log_probs", "LEARNERS", "register"]
+
+LEARNERS: dict[str, type["Learner"]] = {}
+
+
+def register(cls: type["Learner"]) -> type["Learner"]:
+    """Class decorator: ``LEARNERS[cls.name] = cls``."""
+    LEARNERS[cls.name] = cls
+    return cls
+
+
+# ------------------------------------------------------------------------------------------ data
+@dataclass
+class Sample:
+    """One step of one trajectory as a training sample."""
+
+    traj: int  # index of the trajectory in the batch
+    step: int  # step index in that trajectory
+    context: list[int]  # exact prompt ids of the step
+    action: list[int]  # exact sampled ids
+    old_logprobs: list[float] | None = None  # sampling log-probs (PPO ratio denominator)
+    reward: float = 0.0
+    group: str = ""
+    advantage: float = 0.0
+    target: Target | None = None  # the selected span + hint of this step, if any
+    teacher_context: list[int] | None = None  # context + feedback message, when a teacher scores it
+    token_mask: list[float] = field(default_factory=list)  # per action token: 1 where the loss applies
+
+    def __len__(self) -> int:
+        return len(self.context) + len(self.action)
+
+    def span_mask(self) -> list[float]:
+        """1.0 on the target span's tokens, 0 elsewhere (all zeros without a target)."""
+        mask = [0.0] * len(self.action)
+        if self.target is not None:
+            start, end = self.target.span
+            for i in range(max(0, start), min(end, len(self.action))):
+                mask[i] = 1.0
+        return mask
+
+
+@dataclass
+class Batch:
+    """Trajectories of one update and the targets selected on each (same order)."""
+
+    trajectories: list[Trajectory]
+    targets: list[list[Target]] | None = None
+
+    def __post_init__(self):
+        if self.targets is None:
+            self.targets = [[] for _ in self.trajectories]
+        if len(self.targets) != len(self.trajectories):
+            raise ValueError(f"{len(self.targets)} target lists for {len(self.trajectories)} trajectories")
+
+    def samples(self) -> tuple[list[Sample], Counter]:
+        """Every step with recorded ids as a Sample (its target attached); counts what was skipped."""
+        out, counts = [], Counter()
+        for i, (traj, targets) in enumerate(zip(self.trajectories, self.targets)):
+            by_step = {t.step: t for t in targets}
+            for step in traj.steps:
+                if not step.action_ids or not step.prompt_ids:
+                    counts["steps_without_ids"] += 1
+                    continue
+                out.append(Sample(traj=i, step=step.index, context=list(step.prompt_ids),
+                                  action=list(step.action_ids),
+                                  old_logprobs=list(step.action_logprobs) or None,
+                                  reward=float(traj.final_reward), group=traj.group_id or f"#{i}",
+                                  target=by_step.get(step.index)))
+        return out, counts
+
+
+def plan_micro_batches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
+    """Group sample indices so that rows x longest-row <= ``token_budget`` (padded tokens).
+
+    Longest first, greedy; a sample longer than the budget gets a micro-batch of its own.
+    """
+    if token_budget < 1:
+        raise ValueError(f"token_budget must be >= 1, got {token_budget}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        width = max([lengths[j] for j in current] + [lengths[i]])
+        if current and width * (len(current) + 1) > token_budget:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+# ------------------------------------------------------------------------------------------ forward
+def action_log_probs(model: Any, contexts: Sequence[Sequence[int]], actions: Sequence[Sequence[int]], *,
+                     pad_id: int, temperature: float = 1.0, params: dict[str, torch.Tensor] | None = None,
+                     ) -> list[torch.Tensor]:
+    """Full-vocabulary log-probs ``[len(action), vocab]`` at each action token, one tensor per row.
+
+    One left-padded forward over context + action (explicit position ids, so padding does not shift
+    positions); only the last ``max(len(action)) + 1`` positions are projected to the vocabulary.
+    ``params``: parameter overrides (the teacher's weights) applied with ``torch.func.functional_call``.
+    """
+    device = next(model.parameters()).device
+    seqs = [list(c) + list(a) for c, a in zip(contexts, actions)]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, s in enumerate(seqs):
+        ids[row, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[row, width - len(s):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    keep = max(len(a) for a in actions) + 1
+    kwargs = dict(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                  logits_to_keep=keep, use_cache=False)
+    if params:
+        logits = torch.func.functional_call(model, params, args=(), kwargs=kwargs, strict=False).logits
+    else:
+        logits = model(**kwargs).logits
+    logits = logits[:, -keep:]
+    out = []
+    for row, a in enumerate(actions):
+        m = len(a)
+        # position j predicts token j + 1: the action's m tokens are predicted by the m positions
+        # before the last one.
+        out.append(torch.log_softmax(logits[row, keep - 1 - m:keep - 1].float() / temperature, dim=-1))
+    return out
+
+
+class TeacherContext:
+    """Builds teacher contexts: student context (ending with the generation prompt) -> the same
+    context with one extra user message inserted before the generation prompt, as tokens.
+
+    The message segment and the generation prompt are found by rendering probe conversations with
+    the tokenizer's own chat template, so any append-only template works (ChatML, SmolLM2, Qwen).
+    """
+
+    def __init__(self, tokenizer: Any, message: Any = None):
+        from agentgym.feedback import teacher_message
+        self.tokenizer = tokenizer
+        self.message = message or teacher_message
+        probe = [{"role": "user", "content": "agentgym-probe"}]
+        plain = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=False)
+        with_gen = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+        if not with_gen.startswith(plain):
+            raise ValueError("the chat template's generation prompt is not a suffix; cannot build teacher contexts")
+        self.gen_prompt_ids = self._encode(with_gen[len(plain):])
+        self._plain_probe = plain
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def message_ids(self, hint: str) -> list[int]:
+        msg = self.message(hint)
+        probe = [{"role": "user", "content": "agentgym-probe"}]
+        full = self.tokenizer.apply_chat_template(probe + [msg], tokenize=False, add_generation_prompt=False)
+        if not full.startswith(self._plain_probe):
+            raise ValueError("the chat template rewrites earlier turns when a user message is appended")
+        return self._encode(full[len(self._plain_probe):])
+
+    def __call__(self, context: Sequence[int], hint: str) -> list[int]:
+        n = len(self.gen_prompt_ids)
+        if list(context[len(context) - n:]) != self.gen_prompt_ids:
+            raise ValueError(f"the student context does not end with the generation prompt "
+                             f"{self.gen_prompt_ids}; got tail {list(context[-n:])}")
+        return list(context[:len(context) - n]) + self.message_ids(hint) + self.gen_prompt_ids
+
+
+# ------------------------------------------------------------------------------------------ teacher
+class TeacherWeights:
+    """The teacher's copy of the trainable parameters, kept ``fixed``, moved by ``ema`` (theta_T <-
+    (1 - rate) theta_T + rate theta_S after each optimiser step), hard-copied every ``every`` updates
+    (``refresh``), or the ``current`` student weights (no copy).
+
+    With LoRA the copy is the adapter's parameters: a second adapter applied by
+    ``torch.func.functional_call`` for scoring, or swapped in place for generation.
+
+    >>> import torch
+    >>> lin = torch.nn.Linear(1, 1, bias=False); _ = lin.weight.data.fill_(1.0)
+    >>> tw = TeacherWeights(lin, mode="ema", rate=0.5); _ = lin.weight.data.fill_(3.0)
+    >>> tw.after_update(lin, 1); float(tw.params["weight"])
+    2.0
+    """
+
+    MODES = ("fixed", "ema", "refresh", "current")
+
+    def __init__(self, model: torch.nn.Module, mode: str = "ema", rate: float = 0.001, every: int = 10):
+        if mode not in self.MODES:
+            raise ValueError(f"teacher mode must be one of {self.MODES}, got {mode!r}")
+        if mode == "ema" and not 0 < rate <= 1:
+            raise ValueError(f"EMA rate must be in (0, 1], got {rate}")
+        if mode == "refresh" and every < 1:
+            raise ValueError(f"refresh interval must be >= 1, got {every}")
+        self.mode, self.rate, self.every = mode, rate, every
+        self.params: dict[str, torch.Tensor] = {}
+        if mode != "current":
+            self.params = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def after_update(self, model: torch.nn.Module, update: int) -> None:
+        """Call after optimiser step number ``update`` (1-based)."""
+        if self.mode == "ema":
+            for n, p in model.named_parameters():
+                if n in self.params:
+                    self.params[n].lerp_(p.detach(), self.rate)
+        elif self.mode == "refresh" and update % self.every == 0:
+            for n, p in model.named_parameters():
+                if n in self.params:
+                    self.params[n].copy_(p.detach())
+
+    def overrides(self) -> dict[str, torch.Tensor] | None:
+        return self.params or None
+
+    @contextlib.contextmanager
+    def swapped_in(self, model: torch.nn.Module) -> Iterator[None]:
+        """The teacher's weights in place of the student's (for generation; no autograd graph may be
+        alive while they are swapped)."""
+        if not self.params:
+            yield
+            return
+        named = dict(model.named_parameters())
+        with torch.no_grad():
+            for n, t in self.params.items():
+                named[n].data, self.params[n] = t, named[n].data
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n in self.params:
+                    named[n].data, self.params[n] = self.params[n], named[n].data
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "rate": self.rate, "every": self.every,
+                "params": {n: t.cpu() for n, t in self.params.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for n, t in state["params"].items():
+            if n not in self.params:
+                raise KeyError(f"teacher checkpoint has parameter {n!r} that this model does not train")
+            self.params[n].copy_(t)
+
+
+# ------------------------------------------------------------------------------------------ settings
+@dataclass
+class LearnerSettings:
+    """The learner hyper-parameters (``agentgym.config.LearnerConfig`` resolves into this)."""
+
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    temperature: float = 1.0  # log-probs of the temperature-scaled distribution, as sampled
+    clip_eps: float = 0.2
+    dual_clip: float | None = 3.0
+    kl_coef: float = 0.0  # KL to the reference (initial) policy, k3 estimator
+    topk: int = 100  # 0: full-vocabulary distillation
+    alpha: float = 1.0  # 0 forward KL, 1 reverse KL, 0.5 JSD
+    teacher: str = "ema"
+    teacher_rate: float = 0.001
+    teacher_every: int = 10
+    token_budget: int = 16384
+    old_logprobs: str = "rollout"  # "rollout" (recorded at sampling) or "recompute" (no-grad forward)
+    serl_lambda0: float = 0.5
+    serl_lambda_updates: int = 50
+    serl_clip: float = 0.2
+
+    def __post_init__(self):
+        if isinstance(self.alpha, str):
+            if self.alpha not in DIRECTIONS:
+                raise ValueError(f"KL direction must be one of {sorted(DIRECTIONS)} or a float, got {self.alpha!r}")
+            self.alpha = DIRECTIONS[self.alpha]
+        if self.old_logprobs not in ("rollout", "recompute"):
+            raise ValueError(f"old_logprobs must be 'rollout' or 'recompute', got {self.old_logprobs!r}")
+
+
+# ------------------------------------------------------------------------------------------ learner
+@dataclass
+class Forward:
+    """What a learner's objective gets for one micro-batch: the student's full log-probs at the
+    action tokens (with grad), lazily the teacher's (no grad), and helpers."""
+
+    learner: "Learner"
+    samples: list[Sample]
+    student: list[torch.Tensor]  # [m_i, V] per sample, with grad
+    _teacher: list[torch.Tensor] | None = None
+    _ref: list[torch.Tensor] | None = None
+
+    def token_logp(self) -> list[torch.Tensor]:
+        """Student log-prob of each sampled action token (with grad)."""
+        return [lp.gather(-1, torch.tensor(s.action, device=lp.device).unsqueeze(-1)).squeeze(-1)
+                for lp, s in zip(self.student, self.samples)]
+
+    def teacher(self) -> list[torch.Tensor | None]:
+        """Teacher log-probs [m_i, V] on each sample's teacher context (None where it has none)."""
+        if self._teacher is None:
+            self._teacher = self.learner.teacher_log_probs(self.samples)
+        return self._teacher
+
+    def reference(self) -> list[torch.Tensor]:
+        """Per-token log-probs of the reference (initial) policy."""
+        if self._ref is None:
+            self._ref = self.learner.reference_log_probs(self.samples)
+        return self._ref
+
+
+class Learner(abc.ABC):
+    """Base of all learners. A subclass sets ``name`` and implements:
+
+    - ``prepare(batch, samples) -> samples``: which samples train, their advantages/teacher contexts
+      and ``token_mask`` (where the loss applies);
+    - ``objective(fwd) -> (sum of per-token losses over the micro-batch, metrics)``.
+
+    ``update(batch)`` does the rest: micro-batches by token budget, the global token-mean
+    normalisation (so the gradient does not depend on how the batch was split, nor on the number of
+    processes), gradient clipping, the AdamW step, and the teacher update.
+    """
+
+    name: ClassVar[str] = "learner"
+    uses_teacher: ClassVar[bool] = False
+    default_teacher: ClassVar[str] = "fixed"
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, settings: LearnerSettings | None = None, *,
+                 accelerator: Any = None, optimizer: torch.optim.Optimizer | None = None):
+        self.settings = s = settings or LearnerSettings()
+        self.accelerator = accelerator
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if not trainable:
+            raise ValueError("the model has no trainable parameters (LoRA not attached, or all frozen)")
+        self.optimizer = optimizer or torch.optim.AdamW(trainable, lr=s.lr, betas=tuple(s.betas),
+                                                        weight_decay=s.weight_decay)
+        if accelerator is not None:
+            self.model, self.optimizer = accelerator.prepare(model, self.optimizer)
+        else:
+            self.model = model
+        self.teacher_weights = TeacherWeights(self.unwrapped, s.teacher, s.teacher_rate, s.teacher_every) \
+            if self.uses_teacher else None
+        self._reference: dict[str, torch.Tensor] | None = None
+        if s.kl_coef > 0:
+            self._reference = {n: p.detach().clone() for n, p in self.unwrapped.named_parameters() if p.requires_grad}
+        self.teacher_context = TeacherContext(tokenizer)
+        self.updates = 0  # optimiser steps taken
+        self.stats: Counter = Counter()
+
+    # ---------------------------------------------------------------- plumbing
+    @property
+    def unwrapped(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.model) if self.accelerator is not None else self.model
+
+    @property
+    def world_size(self) -> int:
+        return self.accelerator.num_processes if self.accelerator is not None else 1
+
+    def _all_sum(self, value: float) -> float:
+        return self._all_reduce(value, "sum")
+
+    def _all_reduce(self, value: float, op: str) -> float:
+        if self.world_size == 1:
+            return value
+        import torch.distributed as dist
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self.accelerator.device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        return float(t.item())
+
+    def log_probs(self, contexts, actions, params=None) -> list[torch.Tensor]:
+        model = self.model if params is None else self.unwrapped
+        return action_log_probs(model, contexts, actions, pad_id=self.pad_id,
+                                temperature=self.settings.temperature, params=params)
+
+    @torch.no_grad()
+    def teacher_log_probs(self, samples: Sequence[Sample]) -> list[torch.Tensor | None]:
+        """Teacher log-probs on each sample's teacher context (the student's own action ids)."""
+        out: list[torch.Tensor | None] = [None] * len(samples)
+        idx = [i for i, s in enumerate(samples) if s.teacher_context is not None]
+        if idx:
+            params = self.teacher_weights.overrides() if self.teacher_weights is not None else None
+            lps = self.log_probs([samples[i].teacher_context for i in idx], [samples[i].action for i in idx],
+                                 params=params if params else None)
+            self.stats["teacher_tokens"] += sum(len(samples[i].teacher_context) + len(samples[i].action) for i in idx)
+            self.stats["teacher_calls"] += len(idx)
+            for i, lp in zip(idx, lps):
+                out[i] = lp.detach()
+        return out
+
+    @torch.no_grad()
+    def reference_log_probs(self, samples: Sequence[Sample]) -> list[torch.Tensor]:
+        lps = self.log_probs([s.context for s in samples], [s.action for s in samples], params=self._reference)
+        return [lp.gather(-1, torch.tensor(s.action, device=lp.device).unsqueeze(-1)).squeeze(-1)
+                for lp, s in zip(lps, samples)]
+
+    def with_teacher_context(self, sample: Sample, hint: str | None) -> Sample:
+        if hint:
+            sample.teacher_context = self.teacher_context(sample.context, hint)
+        return sample
+
+    # ---------------------------------------------------------------- shared objectives
+    def distill(self, fwd: Forward) -> tuple[torch.Tensor, dict[str, float]]:
+        """Sum over masked tokens of the top-k + tail divergence between student and teacher."""
+        total = fwd.student[0].new_zeros(())
+        teacher = fwd.teacher()
+        n = 0.0
+        for s, slp, tlp in zip(fwd.samples, fwd.student, teacher):
+            mask = torch.tensor(s.token_mask, device=slp.device, dtype=slp.dtype)
+            if tlp is None or float(mask.sum()) == 0:
+                continue
+            st, tt = topk_tail(slp, tlp, self.settings.topk)
+            total = total + (divergence(st, tt, self.settings.alpha) * mask).sum()
+            n += float(mask.sum())
+        return total, {"distill_tokens": n}
+
+    def old_logp(self, fwd: Forward) -> list[torch.Tensor]:
+        cur = [lp.detach() for lp in fwd.token_logp()]
+        if self.settings.old_logprobs == "recompute":
+            return cur  # this update's weights before the step: ratio 1, gradient A * grad log pi
+        out = []
+        for s, c in zip(fwd.samples, cur):
+            out.append(torch.tensor(s.old_logprobs, device=c.device, dtype=c.dtype) if s.old_logprobs else c)
+        return out
+
+    # ---------------------------------------------------------------- to specialise
+    @abc.abstractmethod
+    def prepare(self, batch: Batch, samples: list[Sample]) -> list[Sample]:
+        """Pick and annotate the training samples of a batch."""
+
+    @abc.abstractmethod
+    def objective(self, fwd: Forward) -> tuple[torch.Tensor, dict[str, float]]:
+        """Sum of per-token losses of one micro-batch (normalised by the base) and metrics sums."""
+
+    def extra_metrics(self) -> dict[str, float]:
+        return {}
+
+    # ---------------------------------------------------------------- the update
+    def update(self, batch: Batch) -> dict[str, float]:
+        """One optimiser step on ``batch``; returns metrics (loss = token-mean objective)."""
+        started = time.perf_counter()
+        self.stats = Counter()
+        samples, counts = batch.samples()
+        self.stats.update(counts)
+        action_tokens = sum(len(s.action) for s in samples)
+        samples = self.prepare(batch, samples)
+        loss_tokens = sum(sum(s.token_mask) for s in samples)
+        global_tokens = self._all_sum(loss_tokens)
+        metrics: dict[str, float] = {"num_samples": len(samples), "loss_tokens": loss_tokens,
+                                     "action_tokens": action_tokens,
+                                     "distilled_token_fraction": 0.0}
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: Counter = Counter()
+        loss_total = 0.0
+        # token-mean over the whole (global) batch; DDP averages gradients over processes, hence x world
+        scale = self.world_size / global_tokens if global_tokens > 0 else 0.0
+        plans = plan_micro_batches([len(s) for s in samples], self.settings.token_budget) if samples else []
+        # Every process must run the same number of backward passes under DDP: pad with empty passes.
+        n_micro = int(self._all_max(len(plans)))
+        for i in range(n_micro):
+            mb = [samples[j] for j in plans[i]] if i < len(plans) else []
+            sync = i == n_micro - 1
+            ctx = contextlib.nullcontext() if sync or self.accelerator is None else self.accelerator.no_sync(self.model)
+            with ctx:
+                if mb and scale > 0:
+                    student = self.log_probs([s.context for s in mb], [s.action for s in mb])
+                    fwd = Forward(self, mb, student)
+                    loss_sum, m = self.objective(fwd)
+                    sums.update(m)
+                    loss_total += float(loss_sum.detach())
+                    self._backward(loss_sum * scale)
+                elif self.world_size > 1:
+                    self._backward(self._empty_pass())
+        grad_norm = self._clip()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.updates += 1
+        if self.teacher_weights is not None:
+            self.teacher_weights.after_update(self.unwrapped, self.updates)
+        metrics.update({k: float(v) for k, v in sums.items()})
+        metrics["loss"] = loss_total / loss_tokens if loss_tokens else 0.0
+        metrics["grad_norm"] = grad_norm
+        metrics["distilled_token_fraction"] = sums.get("distill_tokens", 0.0) / action_tokens if action_tokens else 0.0
+        metrics["teacher_calls"] = float(self.stats["teacher_calls"])
+        metrics["teacher_tokens"] = float(self.stats["teacher_tokens"])
+        metrics["empty_batches"] = float(loss_tokens == 0)
+        metrics["steps_without_ids"] = float(self.stats["steps_without_ids"])
+        metrics.update(self.extra_metrics())
+        metrics["update_seconds"] = time.perf_counter() - started
+        return metrics
+
+    def _all_max(self, value: float) -> float:
+        return self._all_reduce(value, "max")
+
+    def _empty_pass(self) -> torch.Tensor:
+        # Under DDP every process must run as many forward/backward passes as the others: a process
+        # with fewer micro-batches runs a one-token forward through the wrapped model with weight 0.
+        [lp] = self.log_probs([[self.pad_id]], [[self.pad_id]])
+        return lp.sum() * 0.0
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.accelerator is not None:
+            self.accelerator.backward(loss)
+        else:
+            loss.backward()
+
+    def _clip(self) -> float:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.accelerator is not None:
+            norm = self.accelerator.clip_grad_norm_(params, self.settings.grad_clip)
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.settings.grad_clip)
+        norm = float(norm) if norm is not None else 0.0
+        return norm if math.isfinite(norm) else float("nan")
+
+    # ---------------------------------------------------------------- checkpoint state
+    def state_dict(self) -> dict[str, Any]:
+        return {"updates": self.updates, "optimizer": self.optimizer.state_dict(),
+                "teacher": self.teacher_weights.state_dict() if self.teacher_weights is not None else None,
+                "reference": {n: t.cpu() for n, t in self._reference.items()} if self._reference else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.updates = int(state["updates"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.teacher_weights is not None and state.get("teacher"):
+            self.teacher_weights.load_state_dict(state["teacher"])
+        if self._reference is not None and state.get("reference"):
+            for n, t in state["reference"].items():
+                self._reference[n].copy_(t)
+

@@ -1,0 +1,31 @@
+"""Dense per-turn self-distillation: feedback on EVERY step (one judge call and one teacher pass per
+step), and the top-k + tail distillation loss on every step's action tokens.
+
+The teacher is the policy itself (EMA weights by default) conditioned on the student's context plus
+one feedback message; steps for which the feedback source produced no hint are counted and skipped.
+"""
+
+from __future__ import annotations
+
+from agentgym.learners.base import Batch, Forward, Learner, Sample, register
+
+__all__ = ["DenseSD"]
+
+
+@register
+class DenseSD(Learner):
+    name = "dense_sd"
+    uses_teacher = True
+
+    def prepare(self, batch: Batch, samples: list[Sample]) -> list[Sample]:
+        out = []
+        for s in samples:
+            if s.target is None or not s.target.hint:
+                self.stats["steps_without_feedback"] += 1
+                continue
+            s.token_mask = s.span_mask()
+            out.append(self.with_teacher_context(s, s.target.hint))
+        return out
+
+    def objective(self, fwd: Forward):
+        return self.distill(fwd)

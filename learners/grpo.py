@@ -1,0 +1,62 @@
+"""GRPO for multi-turn agents: every step is a sample carrying its episode's group-normalised
+advantage, trained with the PPO clipped surrogate on the action tokens (token-mean), optional k3 KL
+to the initial policy (coefficient 0 by default).
+
+A = (R - mean_G R) / (std_G R + 1e-6), mean and std over all step-samples of the task group.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from agentgym.learners.base import Batch, Forward, Learner, Sample, register
+from agentgym.learners.losses import group_advantages, k3_kl, ppo_token_loss
+
+__all__ = ["GRPO", "assign_group_advantages"]
+
+
+def assign_group_advantages(samples: list[Sample]) -> list[Sample]:
+    """Set each step-sample's advantage from its episode reward within its group."""
+    advs = group_advantages([s.reward for s in samples], [s.group for s in samples])
+    for s, a in zip(samples, advs):
+        s.advantage = a
+    return samples
+
+
+@register
+class GRPO(Learner):
+    name = "grpo"
+    uses_teacher = False
+
+    def prepare(self, batch: Batch, samples: list[Sample]) -> list[Sample]:
+        for s in assign_group_advantages(samples):
+            s.token_mask = [1.0] * len(s.action)
+        # Zero-advantage samples (groups where every episode got the same reward) carry no gradient.
+        return [s for s in samples if s.advantage != 0.0]
+
+    def policy_loss(self, fwd: Forward, advantages: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Sum over tokens of the clipped surrogate with per-token advantages (+ k3 KL)."""
+        logp, old = fwd.token_logp(), self.old_logp(fwd)
+        refs = fwd.reference() if self.settings.kl_coef > 0 else [None] * len(logp)
+        total = logp[0].new_zeros(())
+        clipped = kl_sum = ratio_sum = 0.0
+        for s, lp, olp, adv, ref in zip(fwd.samples, logp, old, advantages, refs):
+            mask = torch.tensor(s.token_mask, dtype=lp.dtype, device=lp.device)
+            loss, was_clipped = ppo_token_loss(lp, olp, adv, clip=self.settings.clip_eps,
+                                               dual_clip=self.settings.dual_clip)
+            if ref is not None:
+                kl = k3_kl(lp, ref)
+                loss = loss + self.settings.kl_coef * kl
+                kl_sum += float((kl.detach() * mask).sum())
+            total = total + (loss * mask).sum()
+            clipped += float((was_clipped * mask).sum())
+            ratio_sum += float((torch.exp(lp.detach() - olp) * mask).sum())
+        return total, {"clipped_tokens": clipped, "kl_sum": kl_sum, "ratio_sum": ratio_sum}
+
+    def objective(self, fwd: Forward):
+        advantages = [torch.full((len(s.action),), s.advantage, device=fwd.student[0].device)
+                      for s in fwd.samples]
+        return self.policy_loss(fwd, advantages)
+
+    def extra_metrics(self) -> dict[str, float]:
+        return {}
