@@ -13,11 +13,15 @@ Prints, side by side:
 
 from __future__ import annotations
 
+import os
+import sys
+
+# Other scripts in benchmarks/ (e.g. selectors.py) would shadow stdlib modules of the same name.
+sys.path[:] = [p for p in sys.path if p not in ("", os.path.dirname(os.path.abspath(__file__)))]
+
 import argparse
-import statistics
 import threading
 import time
-from pathlib import Path
 
 import psutil
 
@@ -86,7 +90,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=300, help="episodes for the RSS run")
     parser.add_argument("--tput-episodes", type=int, default=24, help="episodes per throughput point")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--restart-every", type=int, default=300)
+    parser.add_argument("--restart-every", type=int, default=150)
     args = parser.parse_args()
     me = psutil.Process()
 

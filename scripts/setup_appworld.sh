@@ -22,7 +22,8 @@ export APPWORLD_CACHE="$BASE/cache" HOME="$BASE/home"
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 if ! "$VENV/bin/python" -c "import sys, importlib.metadata as m; sys.exit(m.version('appworld') != '$VERSION')" 2>/dev/null; then
   if [ -x "$REPO/.venv/bin/uv" ]; then
-    "$REPO/.venv/bin/uv" pip install --quiet --python "$VENV/bin/python" -c "$WORKER/constraints.txt" "appworld==$VERSION"
+    "$REPO/.venv/bin/uv" pip install --quiet --compile-bytecode --python "$VENV/bin/python" \
+      -c "$WORKER/constraints.txt" "appworld==$VERSION"
   else
     "$VENV/bin/python" -m pip install --quiet -c "$WORKER/constraints.txt" "appworld==$VERSION"
   fi
@@ -30,14 +31,13 @@ fi
 SITE="$("$VENV/bin/python" -c 'import appworld, os; print(os.path.dirname(appworld.__file__))')"
 if [ ! -f "$SITE/apps/simple_note/apis.py" ] || [ ! -d "$BASE/cache/tests" ]; then
   (cd "$BASE" && "$VENV/bin/appworld" install)
-  # Workers start much faster with the decrypted apps byte-compiled once.
-  "$VENV/bin/python" -m compileall -q "$SITE" > /dev/null || true
+  # Workers start much faster with the decrypted apps byte-compiled once (CPU-bound imports).
+  "$VENV/bin/python" -m compileall -q -j 0 "$SITE" > /dev/null || true
 fi
 
 # (Re)build the world and tasks when they are missing or their generator sources changed.
 STAMP="$(cat "$WORKER/world.py" "$WORKER/tasks.py" "$WORKER/build.py" | sha256sum | cut -c1-16)"
 if [ "$(cat "$BASE/root/.stamp" 2>/dev/null)" != "$STAMP" ] || [ ! -d "$BASE/play/data/tasks" ]; then
   (cd "$BASE" && "$VENV/bin/python" "$WORKER/build.py" --root "$BASE/root" --play "$BASE/play" --seed 0)
-  echo "$STAMP" > "$BASE/root/.stamp"
 fi
 echo "setup_appworld: ok ($BASE)"

@@ -135,7 +135,7 @@ class AppWorldEnv(AgentEnv):
 
     def __init__(self, *, split: str = "train", root: str | Path | None = None,
                  play_root: str | Path | None = None, execution_timeout: int = 20, http_margin: float = 10.0,
-                 max_observation_chars: int = 20_000, restart_every: int = 300, worker_mem_mb: int = 3072,
+                 max_observation_chars: int = 20_000, restart_every: int = 200, worker_mem_mb: int = 3072,
                  terminate_on_violation: bool = True, max_steps: int | None = None,
                  render_mode: str | None = None):
         super().__init__(max_steps=max_steps, render_mode=render_mode)

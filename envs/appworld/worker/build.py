@@ -97,6 +97,15 @@ def build_play_root(root: Path, play: Path) -> None:
             shutil.copy2(Path(dirpath) / name, target / name)
 
 
+def source_stamp() -> str:
+    """Hash of the generator sources; setup_appworld.sh rebuilds when it changes (same recipe as
+    ``cat world.py tasks.py build.py | sha256sum | cut -c1-16``)."""
+    import hashlib
+
+    blob = b"".join((HERE / name).read_bytes() for name in ("world.py", "tasks.py", "build.py"))
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="where to write the full AppWorld root")
@@ -130,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     for split, ids in splits.items():
         (data / "datasets").mkdir(exist_ok=True)
         (data / "datasets" / f"{split}.txt").write_text("".join(i + "\n" for i in ids))
+    (tmp / ".stamp").write_text(source_stamp() + "\n")
     if root.exists():
         shutil.rmtree(root)
     tmp.rename(root)

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
-import sys
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from textwrap import dedent
 
