@@ -3,7 +3,8 @@
 Each env exposes its ground truth differently, so the rule is chosen by the shape of the reference
 payload, through the ``DIVERGENCE_RULES`` registry (first rule whose ``applies`` is true wins):
 
-- ``bfcl``: payload ``{"turn", "ground_truth": [call strings]}``. Within each turn, a call that
+- ``bfcl``: payload ``{"turn", "ground_truth": [call strings], "calls": [{"name", "arguments"}]}``
+  (``calls``, when present, names positional ground-truth arguments). Within each turn, a call that
   matches none of the turn's not-yet-made ground-truth calls (name and arguments equal) diverges;
   so does ending the turn (a step without calls) while ground-truth calls remain. With
   ``ordered=True`` calls must also come in the ground truth's order.
@@ -114,7 +115,11 @@ class BFCLRule(DivergenceRule):
             if ref.payload["turn"] != turn:
                 turn = ref.payload["turn"]
                 truth_text = [str(c) for c in ref.payload["ground_truth"]]
-                remaining = [p for p in (_parse_truth(c) for c in truth_text) if p is not None]
+                named = ref.payload.get("calls")  # keyword form (positional arguments named) when the env gives it
+                if isinstance(named, list) and all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in named):
+                    remaining = [(c["name"], _norm(c.get("arguments") or {})) for c in named]
+                else:
+                    remaining = [p for p in (_parse_truth(c) for c in truth_text) if p is not None]
             calls = step_calls(step)
             if not calls:
                 if remaining:  # the turn ended (or the reply did not decode) with work left

@@ -44,6 +44,7 @@ class CallResult:
     error: bool  # an exception, a refused call, or a backend answer with an "error" key
     class_name: str | None  # the backend that handled it (None when no backend was reached)
     canonical: str | None  # the keyword-form call string the official checker consumes
+    arguments: dict[str, Any] | None = None  # the arguments by parameter name (positional mapped)
 
 
 @functools.lru_cache(maxsize=None)
@@ -134,11 +135,21 @@ class BackendSet:
                 result = method(**kwargs)
                 text = _render(result)  # mpmath numbers print at the precision the call set
         except Exception as exc:  # a backend bug or bad argument must not end the episode
-            return CallResult(f"Error during execution: {exc}", True, class_name, canonical)
+            return CallResult(f"Error during execution: {exc}", True, class_name, canonical, kwargs)
         finally:
             self.backend_seconds += time.perf_counter() - started
         error = isinstance(result, dict) and "error" in result
-        return CallResult(text, error, class_name, canonical)
+        return CallResult(text, error, class_name, canonical, kwargs)
+
+    def keyword_form(self, call: ToolCall) -> ToolCall:
+        """The call with positional arguments named after the method's parameters (no execution);
+        unchanged when the name is unknown or the arguments do not bind."""
+        if call.name not in self.methods:
+            return call
+        try:
+            return ToolCall(name=call.name, arguments=self._bind(self.methods[call.name][0], call.name, call.arguments))
+        except ValueError:
+            return call
 
     def _bind(self, class_name: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
         params = _parameters(type(self.instances[class_name]), name)

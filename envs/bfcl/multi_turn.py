@@ -92,6 +92,7 @@ class BFCLMultiTurnEnv(AgentEnv):
         self.turn = 0
         self.steps_in_turn = 0
         self.decoded: list[list[list[str]]] = [[]]
+        self._reference_calls: list[list[dict[str, Any]] | None] = [None] * len(entry.turns)
         held_out = {n for names in entry.missed_functions.values() for n in names}
         docs = [d for c in entry.involved_classes for d in function_docs(c)]
         self._docs = {d["name"]: d for d in docs}
@@ -146,6 +147,8 @@ class BFCLMultiTurnEnv(AgentEnv):
             if result.error:
                 payload["type"] = "execution_error"
             feedback.append(Feedback(kind=kind, step=0, text=f"{call.name}: {result.text}", payload=payload))
+            if result.arguments is not None:
+                call.arguments = result.arguments  # recorded by parameter name, positional mapped
             if result.canonical is not None:
                 executed.append(result.canonical)
                 if result.class_name not in touched:
@@ -201,9 +204,13 @@ class BFCLMultiTurnEnv(AgentEnv):
     # ------------------------------------------------------------------ feedback helpers
     def _reference(self) -> Feedback:
         truth = self.entry.ground_truth[self.turn]
+        if self._reference_calls[self.turn] is None:  # ground-truth calls by parameter name, once per turn
+            self._reference_calls[self.turn] = [self.backends.keyword_form(c).model_dump(include={"name", "arguments"})
+                                                for text in truth for c in self.parser(text).calls]
         return Feedback(kind=FeedbackKind.REFERENCE, step=0, source="env",
                         text="Ground-truth calls for this turn: " + (", ".join(truth) or "(none: no call fits)"),
-                        payload={"turn": self.turn, "ground_truth": list(truth)})
+                        payload={"turn": self.turn, "ground_truth": list(truth),
+                                 "calls": self._reference_calls[self.turn]})
 
     def _outcome(self, verdict: dict[str, Any]) -> Feedback:
         text = "The task succeeded." if verdict["valid"] else (
