@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from pydantic import ValidationError
 
 from agentgym.report.offsets import char_span, load_tokenizer, token_char_offsets
-from agentgym.store import read_trajectories
 from agentgym.types import Feedback, Step, Target, Trajectory
 
 __all__ = ["RunData", "Strings", "load_run", "load_trajectories_file", "compact_trajectory", "DEFAULT_MAX_CHARS",
-           "PROMPT_TAIL_CHARS", "model_name"]
+           "PROMPT_TAIL_CHARS", "model_names"]
 
 DEFAULT_MAX_CHARS = 20_000  # per text field: a 1 MB observation must not make a 10k-episode page unusable
 PROMPT_TAIL_CHARS = 400
@@ -94,22 +92,22 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def model_name(config: dict[str, Any], summary: dict[str, Any]) -> str | None:
-    """The policy model a run names: summary ``model``, else the usual config keys (nested too)."""
-    if isinstance(summary.get("model"), str):
-        return summary["model"]
+def model_names(config: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+    """The names a run gives its policy model, most specific first: summary ``model`` (the resolved
+    display name), then the usual config keys, nested ones too (``model.name``, ``policy.model``)."""
+    names = [summary["model"]] if isinstance(summary.get("model"), str) else []
     stack = [config]
     while stack:
         node = stack.pop(0)
         if not isinstance(node, dict):
             continue
-        for key in ("model", "model_name_or_path", "policy_model", "tokenizer"):
+        for key in ("model", "name", "model_name_or_path", "policy_model", "tokenizer"):
             if isinstance(node.get(key), str) and node[key]:
-                return node[key]
+                names.append(node[key])
         for key in ("policy", "model", "agent"):
             if isinstance(node.get(key), dict):
                 stack.append(node[key])
-    return None
+    return list(dict.fromkeys(names))
 
 
 def _prompt_tail(traj: Trajectory, index: int, step: Step, tokenizer: Any) -> str:
@@ -289,12 +287,29 @@ def _compact_all(trajs: Iterable[Trajectory], run: RunData, tokenizer: Any, why:
                        f"token offsets unavailable ({why}; no action_token_offsets recorded)")
 
 
-def _read_trajs(path: Path, run: RunData) -> list[Trajectory]:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        trajs = list(read_trajectories(path))
-    run.warnings.extend(str(w.message) for w in caught)
-    return trajs
+def _read_trajs(path: Path, run: RunData) -> Iterator[Trajectory]:
+    """Stream the records one line at a time: a 10k-episode store holds every step's prompt ids
+    (gigabytes), and the page needs only a compact view of each, so no more than one full
+    trajectory is in memory at once. A line that does not parse is skipped and reported on the
+    page (a cut-off last line is the normal trace of an interrupted run)."""
+    with open(path, "rb") as f:
+        pending: tuple[int, bytes] | None = None  # the previous line, parsed once we know it is not last
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            if pending is not None:
+                yield from _parse_line(path, *pending, last=False, run=run)
+            pending = (number, line)
+        if pending is not None:
+            yield from _parse_line(path, *pending, last=True, run=run)
+
+
+def _parse_line(path: Path, number: int, line: bytes, *, last: bool, run: RunData) -> Iterator[Trajectory]:
+    try:
+        yield Trajectory.from_json(line)
+    except ValueError as exc:
+        what = "a truncated last record" if last else "a line that is not a Trajectory record"
+        run.warnings.append(f"{path.name}:{number}: skipped {what} ({len(line)} bytes): {str(exc)[:200]}")
 
 
 def load_run(run_dir: str | Path, *, tokenizer: Any = None, tokenizer_name: str | None = None,
@@ -313,7 +328,10 @@ def load_run(run_dir: str | Path, *, tokenizer: Any = None, tokenizer_name: str 
     run.metrics = _read_metrics(root / "metrics.jsonl", run.warnings)
     why = "tokenizer given"
     if tokenizer is None:
-        tokenizer, why = load_tokenizer(tokenizer_name or model_name(run.config, run.summary))
+        for name in [tokenizer_name] if tokenizer_name else model_names(run.config, run.summary) or [None]:
+            tokenizer, why = load_tokenizer(name)
+            if tokenizer is not None:
+                break
     _compact_all(_read_trajs(traj_path, run), run, tokenizer, why, max_chars)
     return run
 

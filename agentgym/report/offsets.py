@@ -79,11 +79,19 @@ def _by_reencoding(text: str, ids: Sequence[int], tokenizer: Any) -> list[tuple[
 def _by_prefix_decoding(text: str, ids: Sequence[int], tokenizer: Any) -> list[tuple[int, int]] | None:
     if len(ids) > MAX_PREFIX_DECODE_TOKENS:
         return None
-    if tokenizer.decode(list(ids), skip_special_tokens=True) != text:
+    # Policies differ in whether the action text keeps special tokens (a sampled <|im_start|> in
+    # the middle of an action, say): use whichever decoding reproduces the text.
+    skip = next((s for s in (True, False) if tokenizer.decode(list(ids), skip_special_tokens=s) == text), None)
+    if skip is None:
+        # A trailing stop token the policy cut from the text: align the ids without it.
+        stop = len(ids) - 1
+        if stop > 0 and tokenizer.decode(list(ids[:stop]), skip_special_tokens=False) == text:
+            head = _by_prefix_decoding(text, ids[:stop], tokenizer)
+            return None if head is None else head + [(len(text), len(text))]
         return None
     # A prefix ending inside a multi-byte character decodes to U+FFFD; the aligned length stops
     # before it, so that character belongs to the token that completes it.
-    ends = [_common_prefix_len(tokenizer.decode(list(ids[:i]), skip_special_tokens=True), text)
+    ends = [_common_prefix_len(tokenizer.decode(list(ids[:i]), skip_special_tokens=skip), text)
             for i in range(1, len(ids) + 1)]
     out, start = [], 0
     for end in ends:
@@ -127,14 +135,14 @@ def load_tokenizer(name: str | os.PathLike | None) -> tuple[Any, str]:
         return None, f"transformers is not importable ({exc})"
     source = str(name)
     if not Path(source).is_dir():
-        try:
-            from agentgym.agents.models import MODEL_BUILDERS, data_dir
-            built = {"tiny": data_dir("models") / "tiny-qwen2-chat",
-                     "smollm2": data_dir("models") / "smollm2-135m-instruct"}
-            if source in MODEL_BUILDERS and (built[source] / "BUILD.json").is_file():
-                source = str(built[source])
-        except Exception:  # the agents plugin is optional for the report
-            pass
+        # Built-in models live in the data dir under their builder's folder name, which is also
+        # the display name `agentgym train` writes to summary.json (modulo case).
+        from agentgym.paths import data_dir
+        built = {"tiny": "tiny-qwen2-chat", "smollm2": "smollm2-135m-instruct"}
+        for folder in (built.get(source), source, source.lower()):
+            if folder and "/" not in folder and (data_dir("models") / folder / "BUILD.json").is_file():
+                source = str(data_dir("models") / folder)
+                break
     try:
         return AutoTokenizer.from_pretrained(source, local_files_only=True), f"tokenizer of {name}"
     except Exception as exc:

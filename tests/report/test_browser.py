@@ -85,7 +85,10 @@ def test_report_loads_filters_and_highlights_targets(browser, run_a, run_b, tiny
             checked += 1
         assert detail.find_elements(By.CSS_SELECTOR, ".fb[data-kind='error']")
     assert checked == sum(len(t.metadata["targets"]) for t in trajs)
-    browser.save_screenshot(str(artifacts / "report.png"))
+    browser.execute_script("window.scrollTo(0, 0)")
+    browser.save_screenshot(str(artifacts / "report.png"))  # summary and learning curves
+    browser.execute_script("document.querySelector('section.step.has-target').scrollIntoView()")
+    browser.save_screenshot(str(artifacts / "report_target_step.png"))  # a highlighted span
 
     # side by side: a shared task opens one trajectory of each run
     _select(browser, "f-target", "")
