@@ -124,9 +124,12 @@ def main() -> None:
         for i, w, g, m in samples:
             print(f"{i:>7} | {w / 2**20:14.0f} | {g / 2**20:14.0f} | {m / 2**20:16.0f}")
         first, last = samples[0], samples[-1]
-        print(f"RSS growth over {args.episodes} episodes: worker {(last[1] - first[1]) / 2**20:+.0f} MiB, "
-              f"grader {(last[2] - first[2]) / 2**20:+.0f} MiB, agentgym {(last[3] - first[3]) / 2**20:+.0f} MiB "
-              f"({(last[1] - first[1]) / 2**20 / max(args.episodes - 1, 1):+.2f} MiB/episode in the worker)")
+        window = [x for x in samples if x[0] <= args.restart_every] or samples
+        slope = (window[-1][1] - window[0][1]) / 2**20 / max(window[-1][0] - window[0][0], 1)
+        print(f"RSS over {args.episodes} episodes: worker {first[1] / 2**20:.0f} -> {last[1] / 2**20:.0f} MiB "
+              f"(peak {max(x[1] for x in samples) / 2**20:.0f} MiB; grows {slope:+.2f} MiB/episode between "
+              f"restarts every {args.restart_every}), grader {(last[2] - first[2]) / 2**20:+.0f} MiB, "
+              f"agentgym {(last[3] - first[3]) / 2**20:+.0f} MiB")
     finally:
         env.close()
 
