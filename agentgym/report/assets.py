@@ -108,6 +108,9 @@ JS = r"""
     t._resolved = true;
     return t;
   }
+  function pretty(text) {  // payloads come compact (and may be cut): indent when they parse
+    try { return JSON.stringify(JSON.parse(text), null, 1); } catch (e) { return text; }
+  }
   function okSpan(ok) { return el("span", ok ? "ok" : "bad", ok ? "success" : "failure"); }
 
   // ------------------------------------------------------------------ one trajectory
@@ -167,7 +170,7 @@ JS = r"""
       });
       box.appendChild(t);
     } else if (f.text) box.appendChild(el("pre", null, f.text));
-    if (f.payload) box.appendChild(el("details", null, el("summary", null, "payload"), el("pre", null, f.payload)));
+    if (f.payload) box.appendChild(el("details", null, el("summary", null, "payload"), el("pre", null, pretty(f.payload))));
     return box;
   }
 
@@ -201,7 +204,7 @@ JS = r"""
       step.fb.forEach(function (f) { sec.appendChild(feedbackBlock(f)); });
     }
     if (step.info && step.info !== "{}")
-      sec.appendChild(el("details", null, el("summary", null, "step info"), el("pre", null, step.info)));
+      sec.appendChild(el("details", null, el("summary", null, "step info"), el("pre", null, pretty(step.info))));
     return sec;
   }
 
