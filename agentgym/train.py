@@ -31,20 +31,21 @@ from agentgym.config import ConfigError, RunConfig, config_hash, help_text, load
 
 __all__ = ["main", "eval_main", "Trainer", "PRESETS", "MODELS", "load_model"]
 
-# Task ids of the BFCL train split with the shortest prompts (~2.3k SmolLM2 tokens), so that the
-# CPU demo finishes in minutes; they are ordinary train-split entries.
+# Task ids of the BFCL train / eval splits with the shortest prompts (~2.3k SmolLM2 tokens: 20 tool
+# schemas), so that the CPU demo finishes in minutes; they are ordinary entries of their splits.
 DEMO_TASKS = ["multi_turn_base_105", "multi_turn_base_146"]
-DEMO_EVAL_TASKS = None  # the first tasks of the eval split
+DEMO_EVAL_TASKS = ["multi_turn_base_121", "multi_turn_long_context_117"]
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The CPU demo behind a bare `agentgym train` (see the module docstring).
     "demo": {
         "model": {"name": "auto", "lora_r": 8, "lora_alpha": 16},
         "env": {"id": "agentgym/BFCLMultiTurn-v0", "kwargs": {"split": "train"}, "task_ids": DEMO_TASKS,
-                "tasks_per_update": 1, "group_size": 2, "max_steps": 2, "eval_tasks": 2},
-        "rollout": {"temperature": 1.0, "max_new_tokens": 40, "eval_temperature": 0.0},
+                "eval_task_ids": DEMO_EVAL_TASKS, "tasks_per_update": 1, "group_size": 2, "max_steps": 1,
+                "eval_tasks": 2},
+        "rollout": {"temperature": 1.0, "max_new_tokens": 32, "eval_temperature": 0.0},
         "feedback": {"source": "reference_hindsight", "selector": "hindsight_multi"},
-        "learner": {"name": "hint_sd", "lr": 1e-4, "token_budget": 8192},
+        "learner": {"name": "hint_sd", "lr": 2e-4, "token_budget": 8192},
         "train": {"run_dir": "runs/demo", "updates": 2, "checkpoint_every": 1},
     },
     # The reference settings of the method papers (GPU scale); RunConfig's own defaults.
@@ -205,6 +206,8 @@ class Trainer:
         self.eval_ids = eval_ids
         self.start = 0
         self._tb = None
+        self.probe: tuple[list[int], list[int]] | None = None
+        self.probe_before: float | None = None
 
     # ---------------------------------------------------------------- feedback
     def _feedback(self):
@@ -292,6 +295,9 @@ class Trainer:
             targets = [self.selector(t, f) for t, f in zip(trajs, feedback)]
         fb_stats = {k: v - stats_before.get(k, 0) for k, v in (dict(self.source.stats) if self.source else {}).items()}
         feedback_seconds = time.perf_counter() - t_feedback
+        if self.probe is None and update == self.start:
+            self.probe = self._reference_probe(trajs)
+            self.probe_before = self.probe_logprob()
         metrics = self.learner.update(Batch(trajs, targets))
         for t, tg, fb in zip(trajs, targets, feedback):
             t.metadata.update(update=update, phase="train", learner=self.config.learner.name,
@@ -317,6 +323,33 @@ class Trainer:
             v for k, v in fb_stats.items() if k.split(".")[-1] in ("prompt_tokens", "completion_tokens"))
         self._log(record)
         return record
+
+    def _reference_probe(self, trajs) -> tuple[list[int], list[int]] | None:
+        """(context, reference action ids) of the first step whose env feedback carries ground-truth
+        calls (BFCL): the mean log-prob of the reference action is a learning signal that does not
+        need a whole multi-turn episode to succeed."""
+        for t in trajs:
+            for step in t.steps[:1]:
+                for f in step.feedback:
+                    truth = f.payload.get("ground_truth") if f.kind.value == "reference" else None
+                    if isinstance(truth, list) and truth and step.prompt_ids:
+                        ids = list(self.tokenizer.encode("[" + ", ".join(map(str, truth)) + "]",
+                                                         add_special_tokens=False))
+                        return list(step.prompt_ids), ids + [self.tokenizer.eos_token_id]
+        return None
+
+    def probe_logprob(self) -> float | None:
+        """Mean per-token log-prob of the probe's reference action under the current student."""
+        if self.probe is None:
+            return None
+        import torch
+        from agentgym.learners import action_log_probs
+        ctx, act = self.probe
+        self.learner.model.eval()
+        with torch.no_grad():
+            [lp] = action_log_probs(self.learner.unwrapped, [ctx], [act], pad_id=self.learner.pad_id,
+                                    temperature=self.learner.settings.temperature)
+        return float(lp.gather(-1, torch.tensor(act, device=lp.device).unsqueeze(-1)).mean())
 
     def _skip_teacher(self) -> bool:
         # SERL stops querying feedback once its lambda schedule has reached 0.
@@ -410,12 +443,16 @@ class Trainer:
         after = self.evaluate(cfg.train.updates).get("success_rate") if cfg.train.updates > start or start == 0 else None
         if self.is_main:
             self.learner.unwrapped.save_pretrained(self.run_dir / ("adapter" if cfg.model.lora else "model"))
-        summary = self._write_summary(before, after, cfg.train.updates, seconds)
+        if self.probe is not None:
+            self.notes.append("reference_logprob: mean per-token log-prob of the first train task's ground-truth "
+                              "first action under the student, before the first and after the last update")
+        summary = self._write_summary(before, after, cfg.train.updates, seconds,
+                                      probe=(self.probe_before, self.probe_logprob()))
         if self._tb is not None:
             self._tb.close()
         return summary
 
-    def _write_summary(self, before, after, updates, seconds) -> dict[str, Any]:
+    def _write_summary(self, before, after, updates, seconds, probe=(None, None)) -> dict[str, Any]:
         cfg = self.config
         notes = list(self.notes)
         if cfg.feedback.source == "reference_hindsight":
@@ -427,7 +464,8 @@ class Trainer:
                    "seconds_per_update": sum(seconds) / len(seconds) if seconds else None,
                    "hindsight_source": cfg.feedback.source, "selector": cfg.feedback.selector,
                    "world_size": self.world, "device": str(self.accelerator.device),
-                   "eval_tasks": self.eval_ids, "notes": notes}
+                   "eval_tasks": self.eval_ids, "reference_logprob_before": probe[0],
+                   "reference_logprob_after": probe[1], "notes": notes}
         if self.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
