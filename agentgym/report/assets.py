@@ -38,6 +38,7 @@ svg.chart .gr { stroke:#eef0f4; }
 table.list { border-collapse:collapse; width:100%; background:var(--card); border:1px solid var(--line); }
 table.list th { text-align:left; font-weight:600; font-size:12.5px; color:var(--muted); border-bottom:1px solid var(--line); padding:4px 8px; }
 table.list td { padding:4px 8px; border-bottom:1px solid #eef0f4; }
+td, .src, .note { overflow-wrap:anywhere; }  /* a 10,000-character id must not widen the page */
 tr.traj-row, tr.cmp-row { cursor:pointer; }
 tr.traj-row:hover, tr.cmp-row:hover { background:#eef4ff; }
 tr.open { background:#e7efff; }
@@ -184,6 +185,9 @@ JS = r"""
     sec.appendChild(el("pre", "prompt", step.prompt));
     sec.appendChild(el("div", "lbl", "action"));
     sec.appendChild(actionPre(step));
+    if (!step.action.trim())
+      sec.appendChild(el("div", "note", step.action.length ? "the action is " + step.action.length +
+                         " whitespace characters only" : "the action is empty"));
     step.marks.forEach(function (m) {
       var t = traj.tgt[m.t];
       var line = "learner target " + m.t + ": tokens [" + t.span[0] + ", " + t.span[1] + ")" +

@@ -119,4 +119,5 @@ def test_hostile_content_shows_as_text_and_never_runs(browser, hostile_file, art
         assert needle in text
     assert "the full text has 1,000," in text and "20,000 shown" in text  # the 1 MB observation is cut, and says so
     assert _errors(browser) == []  # not even a blocked attempt (CSP) was logged
+    browser.execute_script("document.querySelector('.detail').scrollIntoView()")
     browser.save_screenshot(str(artifacts / "hostile.png"))
