@@ -122,6 +122,9 @@ def test_cli_report_view_and_errors(run_a, run_b, tmp_path, capsys):
     assert [r["name"] for r in runs] == ["hint_sd", "grpo"]
     assert view_main([str(run_a / "trajectories.jsonl"), "-o", str(tmp_path / "v.html"), "--tokenizer", "tiny"]) == 0
     assert data_of((tmp_path / "v.html").read_text())["runs"][0]["offsets"].startswith("all ")
+    from agentgym.cli import main as agentgym
+    assert agentgym(["view", str(run_a / "trajectories.jsonl"), "-o", str(tmp_path / "c.html")]) == 0
+    assert (tmp_path / "c.html").stat().st_size > 0
     assert main([str(tmp_path / "nope")]) == 1
     assert "does not exist" in capsys.readouterr().err
     assert view_main([str(tmp_path / "nope.jsonl")]) == 1
