@@ -34,7 +34,7 @@ __all__ = ["main", "eval_main", "Trainer", "PRESETS", "MODELS", "load_model"]
 # Task ids of the BFCL train / eval splits with the shortest prompts (~2.3k SmolLM2 tokens: 20 tool
 # schemas), so that the CPU demo finishes in minutes; they are ordinary entries of their splits.
 DEMO_TASKS = ["multi_turn_base_105", "multi_turn_base_146"]
-DEMO_EVAL_TASKS = ["multi_turn_base_121", "multi_turn_long_context_117"]
+DEMO_EVAL_TASKS = ["multi_turn_base_121"]
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The CPU demo behind a bare `agentgym train` (see the module docstring).
@@ -42,7 +42,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": {"name": "auto", "lora_r": 8, "lora_alpha": 16},
         "env": {"id": "agentgym/BFCLMultiTurn-v0", "kwargs": {"split": "train"}, "task_ids": DEMO_TASKS,
                 "eval_task_ids": DEMO_EVAL_TASKS, "tasks_per_update": 1, "group_size": 2, "max_steps": 1,
-                "eval_tasks": 2},
+                "eval_tasks": 1},
         "rollout": {"temperature": 1.0, "max_new_tokens": 32, "eval_temperature": 0.0},
         "feedback": {"source": "reference_hindsight", "selector": "hindsight_multi"},
         "learner": {"name": "hint_sd", "lr": 2e-4, "token_budget": 8192},
@@ -239,11 +239,12 @@ class Trainer:
             kwargs["sampling"] = SamplingParams(**merged)
         model_based = any(n.startswith("llm_") for n in names)
         source = make_source(cfg.source, **(kwargs if model_based else {}))
-        sel_kwargs: dict[str, Any] = {}
+        # Only HINT-SD leaves successful trajectories out; dense SD and SERL give every step feedback.
+        sel_kwargs: dict[str, Any] = {"include_successful": self.config.learner.name != "hint_sd"}
         if cfg.selector == "hindsight_multi":
             sel_kwargs["k"] = cfg.k
         if cfg.selector == "hindsight_multi" and cfg.variant == "single":
-            return source, make_selector("hindsight_single")
+            return source, make_selector("hindsight_single", **sel_kwargs)
         return source, make_selector(cfg.selector, **sel_kwargs)
 
     # ---------------------------------------------------------------- task schedule
