@@ -154,11 +154,11 @@ def _mean_action_logp(model, tokenizer, trajs):
 @pytest.mark.parametrize("name", ["grpo", "serl"])
 def test_reward_learners_raise_the_successful_action_and_lower_the_failed_ones(name, lora_model, tokenizer, echo_batch):
     good, bad = echo_batch[:2], echo_batch[2:]
-    learner = make_learner(name, lora_model, tokenizer, LearnerSettings(lr=3e-3, teacher="refresh", teacher_every=2))
+    learner = make_learner(name, lora_model, tokenizer, LearnerSettings(lr=5e-3, teacher="refresh", teacher_every=2))
     g0, b0 = _mean_action_logp(learner.unwrapped, tokenizer, good), _mean_action_logp(learner.unwrapped, tokenizer, bad)
     targets = [make_selector("dense", include_successful=True)(t, f)
                for t, f in zip(echo_batch, make_source("immediate").annotate(echo_batch))]
-    for _ in range(6):
+    for _ in range(4):
         batch = _score(learner.unwrapped, tokenizer, echo_batch)  # on-policy log-probs, as a rollout logs them
         metrics = learner.update(Batch(batch, targets))
     g1, b1 = _mean_action_logp(learner.unwrapped, tokenizer, good), _mean_action_logp(learner.unwrapped, tokenizer, bad)
@@ -179,5 +179,5 @@ def test_distillation_learners_move_the_student_to_the_hinted_teacher(name, lora
         for n, p in learner.teacher_weights.params.items():
             if "lora_B" in n:
                 p.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
-    losses = [learner.update(Batch(echo_batch, targets))["loss"] for _ in range(8)]
+    losses = [learner.update(Batch(echo_batch, targets))["loss"] for _ in range(6)]
     assert losses[0] > 0 and losses[-1] < 0.5 * losses[0], losses
