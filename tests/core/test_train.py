@@ -138,3 +138,9 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path):
     assert ranks[0]["bytes"] == ranks[1]["bytes"]  # bitwise identical weights on both ranks
     assert all(r["changed"] > 0 for r in ranks)  # and they did train
     assert (tmp_path / "run" / "trajectories.rank1.jsonl").is_file()
+
+
+def test_bench_command_lists_and_rejects_unknown_names(capsys):
+    from agentgym.bench import main
+    assert main([]) == 2 and "learners" in capsys.readouterr().out
+    assert main(["no-such-benchmark"]) == 2 and "unknown benchmark" in capsys.readouterr().err

@@ -181,3 +181,16 @@ def test_distillation_learners_move_the_student_to_the_hinted_teacher(name, lora
                 p.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
     losses = [learner.update(Batch(echo_batch, targets))["loss"] for _ in range(6)]
     assert losses[0] > 0 and losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize("source", ["immediate", "anchor"])  # step-level and anchor-level feedback
+def test_serl_queries_its_teacher_until_lambda_reaches_zero(source, lora_model, tokenizer, echo_batch):
+    fb = make_source(source).annotate(echo_batch)
+    targets = [make_selector("dense", include_successful=True)(t, f) for t, f in zip(echo_batch, fb)]
+    assert any(x.hint for tg in targets for x in tg)
+    learner = make_learner("serl", lora_model, tokenizer, LearnerSettings(lr=1e-3, teacher="refresh", teacher_every=10))
+    early = learner.update(Batch(echo_batch, targets))
+    assert early["serl_lambda"] == 0.5 and early["teacher_calls"] > 0 and early["serl_weighted_tokens"] > 0
+    learner.updates = 50  # lambda_50 = 0: plain GRPO, the teacher is not queried any more
+    late = learner.update(Batch(echo_batch, targets))
+    assert late["serl_lambda"] == 0.0 and late["teacher_calls"] == 0 and late["loss"] != 0
