@@ -127,7 +127,8 @@ class LearnerConfig(_Section):
 
 
 class TrainConfig(_Section):
-    run_dir: str = Field("runs/latest", description="the run folder (see the run-folder contract)")
+    run_dir: str = Field("runs/run", description="the run folder (see the run-folder contract); a bare "
+                         "`agentgym train` without --train.run_dir appends a timestamp")
     updates: int = Field(3, ge=0, description="policy updates")
     eval_every: int = Field(0, ge=0, description="evaluate every N updates (0: only before and after)")
     checkpoint_every: int = Field(1, ge=0, description="checkpoint every N updates (0: only at the end)")

@@ -46,7 +46,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "rollout": {"temperature": 1.0, "max_new_tokens": 32, "eval_temperature": 0.0},
         "feedback": {"source": "reference_hindsight", "selector": "hindsight_multi"},
         "learner": {"name": "hint_sd", "lr": 2e-4, "token_budget": 8192},
-        "train": {"run_dir": "runs/demo", "updates": 2, "checkpoint_every": 1},
+        "train": {"run_dir": "runs/hint_sd-bfcl", "updates": 2, "checkpoint_every": 1},
     },
     # The reference settings of the method papers (GPU scale); RunConfig's own defaults.
     "paper": {},
@@ -489,6 +489,16 @@ def _split_preset(argv: list[str]) -> tuple[str, list[str]]:
     return preset, rest
 
 
+def _given(argv: list[str], section: str) -> set[str]:
+    """Keys of ``section`` set on the command line (or in a --config file)."""
+    from agentgym.config import _read_file, parse_overrides
+    config_file, tree = parse_overrides(argv)
+    keys = set(tree.get(section, {}))
+    if config_file is not None:
+        keys |= set(_read_file(config_file).get(section, {}))
+    return keys
+
+
 def main(argv: list[str] | None = None) -> int:
     """``agentgym train [--preset demo|paper] [--config FILE] [--section.key VALUE ...]``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -501,6 +511,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"agentgym train: {exc}", file=sys.stderr)
         return 2
+    if "run_dir" not in _given(rest, "train"):
+        # A fresh folder per run (resume by passing an existing --train.run_dir).
+        cfg.train.run_dir = f"{cfg.train.run_dir}-{time.strftime('%Y%m%d-%H%M%S')}"
     started = time.perf_counter()
     trainer = Trainer(cfg, notes=[f"preset: {preset}"])
     summary = trainer.run()

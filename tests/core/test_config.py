@@ -86,3 +86,15 @@ def test_cli_reports_config_errors_with_exit_code_2(capsys):
     assert "learner.lr" in capsys.readouterr().err
     assert main(["--preset", "huge"]) == 2
     assert main(["--help"]) == 0 and "--learner.kl_direction" in capsys.readouterr().out
+
+
+def test_the_main_job_default_is_hint_sd_on_bfcl_train_with_reference_hindsight():
+    from agentgym.train import PRESETS
+    cfg = load_config([], base=PRESETS["demo"]).resolved()
+    assert cfg.learner.name == "hint_sd" and cfg.env.id == "agentgym/BFCLMultiTurn-v0"
+    assert cfg.env.kwargs == {"split": "train"} and cfg.model.name == "auto" and cfg.model.lora
+    assert (cfg.feedback.source, cfg.feedback.selector) == ("reference_hindsight", "hindsight_multi")
+    assert (cfg.learner.teacher, cfg.learner.teacher_rate, cfg.learner.kl_direction) == ("ema", 0.001, "reverse")
+    from agentgym.envs.bfcl.data import split_ids
+    train = set(split_ids(("base", "long_context"), "train"))
+    assert set(cfg.env.task_ids) <= train  # the demo's tasks are train-split entries

@@ -144,3 +144,20 @@ def test_bench_command_lists_and_rejects_unknown_names(capsys):
     from agentgym.bench import main
     assert main([]) == 2 and "learners" in capsys.readouterr().out
     assert main(["no-such-benchmark"]) == 2 and "unknown benchmark" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_main_job_cli_on_bfcl_with_the_tiny_model(tmp_path):
+    """`agentgym train` (the demo preset) end to end on BFCL, with the tiny model for speed."""
+    run = tmp_path / "demo"
+    proc = subprocess.run([str(Path(sys.executable).with_name("agentgym")), "train", "--model.name", "tiny",
+                           "--train.run_dir", str(run), "--train.progress", "false"],
+                          capture_output=True, text=True, timeout=1200, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["learner"] == "hint_sd" and summary["hindsight_source"] == "reference_hindsight"
+    assert summary["success_before"] is not None and summary["success_after"] is not None
+    assert any("reference_hindsight" in n for n in summary["notes"])
+    train = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+    assert len(train) == 2 and all(m["num_targets"] > 0 and m["loss"] > 0 for m in train)
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
