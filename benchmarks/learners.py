@@ -21,6 +21,21 @@ from the same initial weights):
   two the rewards are replaced by alternating 1 / 0 - only the timing is measured.
 
 Published claim (HINT-SD paper): 2.26x lower time per training step for HINT-SD than dense SD.
+
+Measured (CPU, 2 shared cores, tiny model, 2 episodes x 4 steps of multi_turn_base_146, mean context
+3,813 tokens; the machine was shared with other jobs, so absolute times are noisy, ratios less so):
+
+    learner   s/step  feedback s  update s  fb calls  targets  teacher  tokens/s  peak RSS MB
+    dense_sd    9.18        0.49      8.68         8        8        8      3535         1923
+    hint_sd     1.52        0.46      1.06         2        2        2      7028         1067
+    grpo        8.61        0.00      8.61         0        0        0      3564         1647
+    serl       19.40        0.00     19.40         0        8        8      1583         2073
+    dense SD / HINT-SD: 6.05x per training step (published: 2.26x)
+
+The ratio grows with the steps per episode (dense pays T teacher passes and T hints, HINT-SD at most
+K = 3 per failed episode); feedback generation is batched, so its cost grows slower than the call
+count. GPU (bf16, random-0.5b): not measured in this session (no device lent); run
+``python benchmarks/learners.py --device cuda --model random-0.5b --group 4 --max-steps 6``.
 """
 
 from __future__ import annotations
