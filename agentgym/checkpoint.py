@@ -3,8 +3,11 @@
 ``RUN_DIR/checkpoints/step-K/`` holds (see the run-folder contract):
 
 - ``model/``: the peft adapter (``save_pretrained``) or the full model;
-- ``learner.pt``: optimizer state, teacher weights (the EMA / refreshed copy), reference weights,
-  the update counter (schedules such as SERL's lambda derive from it);
+- ``optimizer.pt``: the optimizer state;
+- ``teacher.pt``: the teacher's weights (the EMA / refreshed copy of the trainable parameters, i.e.
+  the second adapter under LoRA) with its mode, or None for learners without a teacher;
+- ``schedule.pt``: the update counter (schedules such as SERL's lambda derive from it) and the
+  reference weights of the KL term when it is on;
 - ``rng.pt``: python / numpy / torch (and CUDA) RNG states;
 - ``state.json``: ``{"step": K, "config_hash": ..., "time": ...}``, written last, so a checkpoint
   without it is incomplete and ignored.
@@ -54,7 +57,10 @@ def save_checkpoint(run_dir: str | Path, step: int, model: Any, learner: Any, *,
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}-", dir=root))
     try:
         model.save_pretrained(tmp / "model")
-        torch.save(learner.state_dict(), tmp / "learner.pt")
+        state = learner.state_dict()
+        torch.save(state.pop("optimizer"), tmp / "optimizer.pt")
+        torch.save(state.pop("teacher"), tmp / "teacher.pt")
+        torch.save(state, tmp / "schedule.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         state = {"step": step, "config_hash": config_hash, "time": time.time(), **(extra or {})}
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
@@ -96,7 +102,10 @@ def load_checkpoint(path: str | Path, model: Any, learner: Any, *, config_hash: 
         missing, unexpected = model.load_state_dict(weights, strict=False)
         if unexpected:
             raise ValueError(f"model checkpoint {path} does not fit the model: unexpected {unexpected[:5]}")
-    learner.load_state_dict(torch.load(path / "learner.pt", weights_only=False))
+    learner_state = torch.load(path / "schedule.pt", weights_only=False)
+    learner_state["optimizer"] = torch.load(path / "optimizer.pt", weights_only=False)
+    learner_state["teacher"] = torch.load(path / "teacher.pt", weights_only=False)
+    learner.load_state_dict(learner_state)
     set_rng_state(torch.load(path / "rng.pt", weights_only=False))
     return state
 
