@@ -10,9 +10,9 @@ copy), ``ema(rate)`` (theta_T <- (1 - rate) theta_T + rate theta_S after each up
 >>> from agentgym.agents import TransformersPolicy
 >>> from agentgym.agents.models import build_tiny_model
 >>> policy = TransformersPolicy(build_tiny_model())
->>> teacher = Teacher(policy, TeacherWeights(policy, "ema", rate=0.5))
->>> teacher.weights.updates
-0
+>>> teacher = Teacher(policy, TeacherWeights(policy.model, "ema", rate=0.5))
+>>> teacher.weights.mode
+'ema'
 """
 
 from __future__ import annotations
@@ -24,58 +24,85 @@ from agentgym.agents.base import Conversation, Generation, Policy, SamplingParam
 
 __all__ = ["Teacher", "TeacherWeights"]
 
-_MODES = {"fixed", "ema", "refresh"}
-
 
 class TeacherWeights:
-    """A second set of weights for a local policy (see the module docstring)."""
+    """The teacher's copy of the trainable parameters, kept ``fixed``, moved by ``ema`` (theta_T <-
+    (1 - rate) theta_T + rate theta_S after each optimiser step), hard-copied every ``every`` updates
+    (``refresh``), or the ``current`` student weights (no copy).
 
-    def __init__(self, policy: Any, mode: str = "fixed", *, rate: float = 0.001, every: int = 10):
-        import torch
+    With LoRA the copy is the adapter's parameters: a second adapter applied by
+    ``torch.func.functional_call`` for scoring, or swapped in place for generation.
 
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
+    >>> import torch
+    >>> lin = torch.nn.Linear(1, 1, bias=False); _ = lin.weight.data.fill_(1.0)
+    >>> tw = TeacherWeights(lin, mode="ema", rate=0.5); _ = lin.weight.data.fill_(3.0)
+    >>> tw.after_update(lin, 1); float(tw.params["weight"])
+    2.0
+    """
+
+    MODES = ("fixed", "ema", "refresh", "current")
+
+    def __init__(self, model: "torch.nn.Module", mode: str = "ema", rate: float = 0.001, every: int = 10):
+        if mode not in self.MODES:
+            raise ValueError(f"teacher mode must be one of {self.MODES}, got {mode!r}")
         if mode == "ema" and not 0 < rate <= 1:
-            raise ValueError(f"ema rate must be in (0, 1], got {rate}")
+            raise ValueError(f"EMA rate must be in (0, 1], got {rate}")
         if mode == "refresh" and every < 1:
-            raise ValueError(f"refresh every must be >= 1, got {every}")
-        self.policy, self.mode, self.rate, self.every = policy, mode, rate, every
-        params = dict(policy.model.named_parameters())
-        trainable = {n: p for n, p in params.items() if p.requires_grad}
-        # LoRA: only adapter weights differ between student and teacher; otherwise all weights.
-        self._params = trainable if hasattr(policy.model, "peft_config") and trainable else params
-        with torch.no_grad():
-            self.state = {n: p.detach().clone() for n, p in self._params.items()}
-        self.updates = 0
+            raise ValueError(f"refresh interval must be >= 1, got {every}")
+        self.mode, self.rate, self.every = mode, rate, every
+        self.params: dict[str, Any] = {}
+        if mode != "current":
+            self.params = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
-    def update(self) -> None:
-        """Call after each optimiser step of the student."""
+    def after_update(self, model: "torch.nn.Module", update: int) -> None:
+        """Call after optimiser step number ``update`` (1-based)."""
         import torch
 
-        self.updates += 1
         with torch.no_grad():
-            if self.mode == "ema":
-                for n, p in self._params.items():
-                    self.state[n].lerp_(p.detach().to(self.state[n].dtype), self.rate)
-            elif self.mode == "refresh" and self.updates % self.every == 0:
-                for n, p in self._params.items():
-                    self.state[n].copy_(p.detach())
+            self._move(model, update)
+
+    def _move(self, model: "torch.nn.Module", update: int) -> None:
+        if self.mode == "ema":
+            for n, p in model.named_parameters():
+                if n in self.params:
+                    self.params[n].lerp_(p.detach(), self.rate)
+        elif self.mode == "refresh" and update % self.every == 0:
+            for n, p in model.named_parameters():
+                if n in self.params:
+                    self.params[n].copy_(p.detach())
+
+    def overrides(self) -> "dict[str, torch.Tensor] | None":
+        return self.params or None
 
     @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        """Temporarily load the teacher weights into the policy's model (restored afterwards)."""
+    def swapped_in(self, model: "torch.nn.Module") -> Iterator[None]:
+        """The teacher's weights in place of the student's (for generation; no autograd graph may be
+        alive while they are swapped)."""
+        if not self.params:
+            yield
+            return
         import torch
 
+        named = dict(model.named_parameters())
         with torch.no_grad():
-            saved = {n: p.detach().clone() for n, p in self._params.items()}
-            for n, p in self._params.items():
-                p.copy_(self.state[n])
+            for n, t in self.params.items():
+                named[n].data, self.params[n] = t, named[n].data
         try:
             yield
         finally:
             with torch.no_grad():
-                for n, p in self._params.items():
-                    p.copy_(saved[n])
+                for n in self.params:
+                    named[n].data, self.params[n] = self.params[n], named[n].data
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "rate": self.rate, "every": self.every,
+                "params": {n: t.cpu() for n, t in self.params.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for n, t in state["params"].items():
+            if n not in self.params:
+                raise KeyError(f"teacher checkpoint has parameter {n!r} that this model does not train")
+            self.params[n].copy_(t)
 
 
 class Teacher:
@@ -85,7 +112,9 @@ class Teacher:
         self.backend, self.weights = backend, weights
 
     def _ctx(self):
-        return self.weights.active() if self.weights is not None else contextlib.nullcontext()
+        if self.weights is None:
+            return contextlib.nullcontext()
+        return self.weights.swapped_in(self.backend.model)
 
     def generate(self, conversations: Sequence[Conversation], tools: Any = None,
                  sampling: SamplingParams | None = None) -> list[Generation]:

@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Iterator, Sequence
 
 import torch
 
+from agentgym.agents.teachers import TeacherWeights
 from agentgym.types import Target, Trajectory
 from agentgym.learners.losses import DIRECTIONS, divergence, k3_kl, topk_tail
 
@@ -197,80 +198,6 @@ class TeacherContext:
             raise ValueError(f"the student context does not end with the generation prompt "
                              f"{self.gen_prompt_ids}; got tail {list(context[-n:])}")
         return list(context[:len(context) - n]) + self.message_ids(hint) + self.gen_prompt_ids
-
-
-# ------------------------------------------------------------------------------------------ teacher
-class TeacherWeights:
-    """The teacher's copy of the trainable parameters, kept ``fixed``, moved by ``ema`` (theta_T <-
-    (1 - rate) theta_T + rate theta_S after each optimiser step), hard-copied every ``every`` updates
-    (``refresh``), or the ``current`` student weights (no copy).
-
-    With LoRA the copy is the adapter's parameters: a second adapter applied by
-    ``torch.func.functional_call`` for scoring, or swapped in place for generation.
-
-    >>> import torch
-    >>> lin = torch.nn.Linear(1, 1, bias=False); _ = lin.weight.data.fill_(1.0)
-    >>> tw = TeacherWeights(lin, mode="ema", rate=0.5); _ = lin.weight.data.fill_(3.0)
-    >>> tw.after_update(lin, 1); float(tw.params["weight"])
-    2.0
-    """
-
-    MODES = ("fixed", "ema", "refresh", "current")
-
-    def __init__(self, model: torch.nn.Module, mode: str = "ema", rate: float = 0.001, every: int = 10):
-        if mode not in self.MODES:
-            raise ValueError(f"teacher mode must be one of {self.MODES}, got {mode!r}")
-        if mode == "ema" and not 0 < rate <= 1:
-            raise ValueError(f"EMA rate must be in (0, 1], got {rate}")
-        if mode == "refresh" and every < 1:
-            raise ValueError(f"refresh interval must be >= 1, got {every}")
-        self.mode, self.rate, self.every = mode, rate, every
-        self.params: dict[str, torch.Tensor] = {}
-        if mode != "current":
-            self.params = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-    @torch.no_grad()
-    def after_update(self, model: torch.nn.Module, update: int) -> None:
-        """Call after optimiser step number ``update`` (1-based)."""
-        if self.mode == "ema":
-            for n, p in model.named_parameters():
-                if n in self.params:
-                    self.params[n].lerp_(p.detach(), self.rate)
-        elif self.mode == "refresh" and update % self.every == 0:
-            for n, p in model.named_parameters():
-                if n in self.params:
-                    self.params[n].copy_(p.detach())
-
-    def overrides(self) -> dict[str, torch.Tensor] | None:
-        return self.params or None
-
-    @contextlib.contextmanager
-    def swapped_in(self, model: torch.nn.Module) -> Iterator[None]:
-        """The teacher's weights in place of the student's (for generation; no autograd graph may be
-        alive while they are swapped)."""
-        if not self.params:
-            yield
-            return
-        named = dict(model.named_parameters())
-        with torch.no_grad():
-            for n, t in self.params.items():
-                named[n].data, self.params[n] = t, named[n].data
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for n in self.params:
-                    named[n].data, self.params[n] = self.params[n], named[n].data
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "rate": self.rate, "every": self.every,
-                "params": {n: t.cpu() for n, t in self.params.items()}}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for n, t in state["params"].items():
-            if n not in self.params:
-                raise KeyError(f"teacher checkpoint has parameter {n!r} that this model does not train")
-            self.params[n].copy_(t)
 
 
 # ------------------------------------------------------------------------------------------ settings

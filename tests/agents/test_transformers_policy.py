@@ -72,9 +72,9 @@ def test_lora_adapter_and_teacher_weights(tiny_model_path):
     student = TransformersPolicy(tiny_model_path, adapter=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
                                  trainable=True)
     ctx, act = student.renderer.prompt_ids(HI), [10, 11, 12]
-    frozen = Teacher(student, TeacherWeights(student, "fixed"))
-    ema = TeacherWeights(student, "ema", rate=0.5)
-    assert len(ema.state) == 8  # only the LoRA matrices are copied (2 layers x q,v x A,B)
+    frozen = Teacher(student, TeacherWeights(student.model, "fixed"))
+    ema = TeacherWeights(student.model, "ema", rate=0.5)
+    assert len(ema.params) == 8  # only the LoRA matrices are copied (2 layers x q,v x A,B)
     before = student.score(ctx, act).logprobs
     with torch.no_grad():
         for n, p in student.model.named_parameters():
@@ -84,7 +84,7 @@ def test_lora_adapter_and_teacher_weights(tiny_model_path):
     assert after != pytest.approx(before, abs=1e-3)
     assert frozen.score(ctx, act).logprobs == pytest.approx(before, abs=1e-5)  # frozen copy unchanged
     assert student.score(ctx, act).logprobs == pytest.approx(after, abs=1e-6)  # swap is undone
-    ema.update()
+    ema.after_update(student.model, 1)
     halfway = Teacher(student, ema).score(ctx, act).logprobs
     assert halfway != pytest.approx(before, abs=1e-4) and halfway != pytest.approx(after, abs=1e-4)
     with student.adapter(None):
