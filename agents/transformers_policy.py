@@ -134,7 +134,7 @@ class TransformersPolicy(Policy):
 
     def score_batch(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], top_k: int = 0, *,
                     temperature: float = 1.0, grad: bool = False) -> list[ScoreResult]:
-        """Log-probs of each pair's action ids under its context (right-padded batch)."""
+        """Log-probs of each pair's action ids under its context (left-padded batch)."""
         import torch
 
         results = []
@@ -145,18 +145,24 @@ class TransformersPolicy(Policy):
                     raise ValueError("score() needs a non-empty context (at least the prompt's first token)")
             seqs = [list(c) + list(a) for c, a in chunk]
             width = max(len(s) for s in seqs)
+            # Left-padded with explicit positions, so every row's action ends at the same column and
+            # only the last max(len(action)) + 1 positions are projected to the vocabulary (a long
+            # context never materialises [context, vocab] logits).
             ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=torch.long)
             mask = torch.zeros_like(ids)
             for row, s in enumerate(seqs):
-                ids[row, :len(s)] = torch.tensor(s)
-                mask[row, :len(s)] = 1
+                ids[row, width - len(s):] = torch.tensor(s)
+                mask[row, width - len(s):] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            keep = max(len(a) for _, a in chunk) + 1
             ctxm = torch.inference_mode() if not grad else contextlib.nullcontext()
             with ctxm:
-                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                    position_ids=positions.to(self.device), logits_to_keep=keep).logits[:, -keep:]
             logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)
             for row, (ctx, act) in enumerate(chunk):
-                n, m = len(ctx), len(act)
-                pos = logp_all[row, n - 1:n - 1 + m]  # position j predicts token j + 1
+                m = len(act)
+                pos = logp_all[row, keep - 1 - m:keep - 1]  # position j predicts token j + 1
                 tgt = torch.tensor(list(act), dtype=torch.long, device=pos.device)
                 lp = pos.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
                 res = ScoreResult(logprobs=lp.tolist() if not grad else lp)
