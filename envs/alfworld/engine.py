@@ -85,7 +85,8 @@ class Engine:
     """One ALFWorld game engine, reused across games (``start`` loads a new game into it).
 
     Each ``PddlEnv`` dlopens its own private copy of ``libdownward.so``; that copy is created once
-    here and released (``cleanup`` + ``dlclose``) by ``close()``.
+    here, and ``close()`` frees its state (``cleanup``). The copy stays mapped until the process
+    exits (see ``close``).
     """
 
     REQUEST_INFOS = dict(won=True, admissible_commands=True, facts=True, extras=["gamefile", "expert_plan"])
@@ -174,10 +175,7 @@ class Engine:
         self._env = None
         self._pddl = None
         if lib is not None:
-            try:
-                lib.cleanup()
-            finally:
-                import _ctypes
-
-                _ctypes.dlclose(lib._handle)
+            # Free fast-downward's state but keep the library mapped: it registers C++ static
+            # destructors with atexit, and unmapping it (dlclose) makes interpreter exit segfault.
+            lib.cleanup()
 
