@@ -8,6 +8,12 @@ Two things are added on top, neither changes what the game says:
 - ``pddl2sas`` (fast-downward's PDDL -> SAS translation, ~1 s per call and called twice per
   ``load`` and twice per ``reset``) is memoised in a bounded LRU keyed by the (domain, problem) text.
   It is a pure function of its inputs; the translated task is only read afterwards.
+- textworld interns every ``Signature`` and ``Proposition`` it ever builds in one process-wide dict
+  (``mementos.core._memento_cache``, never evicted). Object names carry scene coordinates, so each
+  new game adds thousands of entries that outlive the game: this was the steady RSS growth over
+  many resets (~0.35 MB per episode). Interning is only a sharing optimisation - both classes
+  compare and hash by value - so ``Engine.start`` empties it once it passes ``INTERN_LIMIT``
+  entries (see ``trim_interned``); memory is then bounded by the pool's working set, not history.
 - The handcoded expert draws from the global ``random`` module when it is unsure; the engine swaps in
   its own seeded state around every engine call so an episode (and an expert plan) replays
   identically and the caller's global ``random`` is left untouched.
@@ -26,6 +32,7 @@ import random
 import threading
 from typing import Any, Iterator
 
+import mementos.core as _mementos
 import textworld
 import textworld.envs.pddl.logic as _pddl_logic
 from textworld.envs.pddl import PddlEnv
@@ -33,7 +40,27 @@ from textworld.envs.pddl import PddlEnv
 from alfworld.agents.environment.alfred_tw_env import (AlfredDemangler, AlfredExpert, AlfredExpertType,
                                                        AlfredInfos)
 
-__all__ = ["Engine", "TranslationCache", "install_translation_cache"]
+__all__ = ["Engine", "TranslationCache", "install_translation_cache", "trim_interned", "INTERN_LIMIT"]
+
+# A few games' worth of interned facts (one ALFWorld game interns ~2-5k): enough that a game being
+# replayed keeps its sharing, small enough (~10 MB) that it is never the memory budget.
+INTERN_LIMIT = 20_000
+
+
+def trim_interned(limit: int | None = None) -> int:
+    """Empty textworld's process-wide intern table of ``Signature``/``Proposition`` objects if it
+    holds more than ``limit`` (default ``INTERN_LIMIT``) entries; returns how many were dropped.
+
+    Safe for live games: both classes define ``__eq__``/``__hash__`` by value (textworld.logic), so
+    an object built after the trim equals (but is not identical to) an older one still in a state.
+    """
+    limit = INTERN_LIMIT if limit is None else limit
+    cache = _mementos._memento_cache
+    size = len(cache)
+    if size <= limit:
+        return 0
+    cache.clear()
+    return size
 
 
 class TranslationCache:
@@ -120,6 +147,7 @@ class Engine:
         self._check_open()
         # Always load: a folder may have been rewritten since (the generator retries in place); the
         # translation cache makes a reload of an unchanged game cheap.
+        trim_interned()
         self._env.load(gamefile)
         self.gamefile = gamefile
         return self.reset(seed)

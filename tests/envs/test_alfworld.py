@@ -145,6 +145,24 @@ def test_close_releases_engine_and_is_idempotent(trial_game):
     env.close()
 
 
+def test_reset_trims_textworld_intern_table_and_play_stays_correct(env, monkeypatch):
+    """textworld interns every Proposition forever (the growth over many resets); a reset past the
+    limit empties that table, and value equality keeps the game (and its expert plan) correct."""
+    import mementos.core
+
+    from agentgym.envs.alfworld import engine as engine_module
+
+    table = mementos.core._memento_cache
+    monkeypatch.setattr(engine_module, "INTERN_LIMIT", 1000)
+    table.update({("stale-game-fact", i): None for i in range(5000)})  # as if many games had run
+    _, info = env.reset(seed=0)
+    assert ("stale-game-fact", 0) not in table and 0 < len(table) < 5000
+    reward = 0.0
+    for command in info["expert_plan"]:
+        _, reward, terminated, _, _ = env.step(command)
+    assert terminated and reward == 1.0
+
+
 # ---------------------------------------------------------------- generated ALFWorld-engine games
 def _small_generated_set() -> Path:
     """One generated game per task type, cached in the data dir (first run ~1-2 min)."""
