@@ -73,6 +73,9 @@ class RolloutConfig(_Section):
     eval_temperature: float = Field(0.0, ge=0, description="temperature of evaluation rollouts")
     batch_size: int = Field(8, ge=1, description="generation batch size (transformers backend)")
     vllm_gpu_memory_utilization: float = Field(0.4, gt=0, le=1, description="vLLM memory share")
+    vllm_kwargs: dict[str, Any] = Field(default_factory=dict, description=(
+        "further vllm.LLM arguments, e.g. {max_model_len: 8192, tensor_parallel_size: 2, "
+        "kv_cache_memory_bytes: 2147483648}"))
 
 
 class FeedbackConfig(_Section):

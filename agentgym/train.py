@@ -185,9 +185,11 @@ class Trainer:
         self.rollout_policy = self.policy
         if cfg.rollout.backend == "vllm":
             from agentgym.agents.vllm_policy import VLLMPolicy
-            self.rollout_policy = VLLMPolicy(str(MODELS[cfg.model.name]()[0]) if cfg.model.name in MODELS else cfg.model.name,
-                                             tokenizer=tok, enable_lora=cfg.model.lora,
-                                             gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization)
+            path = str(MODELS[cfg.model.name]()[0]) if cfg.model.name in MODELS else cfg.model.name
+            self.rollout_policy = VLLMPolicy(path, tokenizer=tok, enable_lora=cfg.model.lora,
+                                             max_lora_rank=max(64, cfg.model.lora_r),
+                                             gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
+                                             **cfg.rollout.vllm_kwargs)
         self.sampling = lambda k, phase: SamplingParams(
             temperature=cfg.rollout.temperature if phase == "train" else cfg.rollout.eval_temperature,
             top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens,
@@ -418,6 +420,9 @@ class Trainer:
         cfg = self.config
         self._open_outputs()
         self.start = start = self.maybe_resume()
+        if cfg.rollout.backend == "vllm":
+            # The engine loaded the base checkpoint: serve (and verify) the weights training starts from.
+            self.rollout_policy.push_weights(self.policy)
         summary_path = self.run_dir / "summary.json"
         before = None
         if start == 0:

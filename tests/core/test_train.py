@@ -161,3 +161,24 @@ def test_main_job_cli_on_bfcl_with_the_tiny_model(tmp_path):
     train = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
     assert len(train) == 2 and all(m["num_targets"] > 0 and m["loss"] > 0 for m in train)
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.vllm
+def test_training_with_vllm_rollouts_keeps_the_engine_in_sync(tmp_path):
+    """backend=vllm: after every update the LoRA adapter is pushed into the engine and verified
+    (a stale engine raises); a resumed run pushes the checkpoint's weights before its first rollout."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    engine = ["--rollout.backend", "vllm", "--rollout.vllm_kwargs",
+              json.dumps({"dtype": "float32", "max_model_len": 4096, "kv_cache_memory_bytes": 1 << 29})]
+    first = _trainer(tmp_path, "--train.updates", "2", *engine)
+    first.run()
+    assert first.rollout_policy._lora.lora_int_id == 3  # the start + one push per update
+    assert first.rollout_policy.verify(first.policy) <= 0.05
+    train = [m for m in _metrics(tmp_path) if m["phase"] == "train"]
+    assert len(train) == 2 and all(m["loss"] > 0 for m in train)
+    first.rollout_policy.close()
+    resumed = _trainer(tmp_path, "--train.updates", "3", *engine)
+    resumed.run()
+    assert resumed.start == 2 and resumed.rollout_policy._lora.lora_int_id == 2
+    trained = {n: p for n, p in resumed.learner.unwrapped.named_parameters() if "lora_B" in n}
+    assert any(float(p.abs().max()) > 0 for p in trained.values())  # the engine serves trained LoRA weights
