@@ -18,11 +18,11 @@ copy), ``ema(rate)`` (theta_T <- (1 - rate) theta_T + rate theta_S after each up
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from agentgym.agents.base import Conversation, Generation, Policy, SamplingParams, ScoreResult
 
-__all__ = ["Teacher", "TeacherWeights"]
+__all__ = ["Teacher", "TeacherContext", "TeacherWeights"]
 
 
 class TeacherWeights:
@@ -110,6 +110,7 @@ class Teacher:
 
     def __init__(self, backend: Policy, weights: TeacherWeights | None = None):
         self.backend, self.weights = backend, weights
+        self._context: TeacherContext | None = None
 
     def _ctx(self):
         if self.weights is None:
@@ -127,18 +128,52 @@ class Teacher:
             return self.backend.score(context_ids, action_ids, top_k, temperature=temperature)
 
     def teacher_context(self, student_prompt_ids: Sequence[int], hint: str) -> list[int]:
-        """The student's exact context + one user message carrying ``hint`` + the generation prompt.
+        """The student's exact context + one user message carrying ``hint`` + the generation prompt."""
+        if self._context is None:
+            self._context = TeacherContext(self.backend.tokenizer)
+        return self._context(student_prompt_ids, hint)
 
-        The student context ends with the generation prompt; the hint turn goes before it: strip
-        the generation prompt, append the user turn as the template renders it (with a new
-        generation prompt). Nothing earlier in the context is re-tokenized."""
-        renderer = self.backend.renderer
-        gen = renderer.delta_text([], None)  # the bare generation prompt
-        user_and_gen = renderer.delta_text([{"role": "user", "content": hint}], None)
-        gen_ids = renderer.encode(gen)
-        ids = list(student_prompt_ids)
-        if gen_ids and ids[-len(gen_ids):] == gen_ids:
-            ids = ids[:-len(gen_ids)]
-            return ids + renderer.encode(user_and_gen)
-        raise ValueError("the student context does not end with this template's generation prompt; "
-                         f"cannot insert a hint turn (context tail {renderer.tokenizer.decode(ids[-10:])!r})")
+
+def _bare_user_message(hint: str) -> dict[str, Any]:
+    return {"role": "user", "content": hint}
+
+
+class TeacherContext:
+    """Builds teacher contexts: student context (ending with the generation prompt) -> the same
+    context with one extra user message inserted before the generation prompt, as tokens.
+
+    The message segment and the generation prompt are found by rendering probe conversations with
+    the tokenizer's own chat template, so any append-only template works (ChatML, SmolLM2, Qwen);
+    nothing earlier in the context is re-tokenized. ``message`` words the hint as a chat message
+    (the learners use ``agentgym.feedback.teacher_message``; the default is the bare hint as a user
+    turn).
+    """
+
+    def __init__(self, tokenizer: Any, message: Callable[[str], dict[str, Any]] | None = None):
+        self.tokenizer = tokenizer
+        self.message = message or _bare_user_message
+        probe = [{"role": "user", "content": "agentgym-probe"}]
+        plain = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=False)
+        with_gen = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+        if not with_gen.startswith(plain):
+            raise ValueError("the chat template's generation prompt is not a suffix; cannot build teacher contexts")
+        self.gen_prompt_ids = self._encode(with_gen[len(plain):])
+        self._plain_probe = plain
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def message_ids(self, hint: str) -> list[int]:
+        msg = self.message(hint)
+        probe = [{"role": "user", "content": "agentgym-probe"}]
+        full = self.tokenizer.apply_chat_template(probe + [msg], tokenize=False, add_generation_prompt=False)
+        if not full.startswith(self._plain_probe):
+            raise ValueError("the chat template rewrites earlier turns when a user message is appended")
+        return self._encode(full[len(self._plain_probe):])
+
+    def __call__(self, context: Sequence[int], hint: str) -> list[int]:
+        n = len(self.gen_prompt_ids)
+        if list(context[len(context) - n:]) != self.gen_prompt_ids:
+            raise ValueError(f"the student context does not end with the generation prompt "
+                             f"{self.gen_prompt_ids}; got tail {list(context[-n:])}")
+        return list(context[:len(context) - n]) + self.message_ids(hint) + self.gen_prompt_ids

@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Iterator, Sequence
 
 import torch
 
-from agentgym.agents.teachers import TeacherWeights
+from agentgym.agents.teachers import TeacherContext, TeacherWeights
 from agentgym.types import Target, Trajectory
 from agentgym.learners.losses import DIRECTIONS, divergence, k3_kl, topk_tail
 
@@ -161,45 +161,6 @@ def action_log_probs(model: Any, contexts: Sequence[Sequence[int]], actions: Seq
     return out
 
 
-class TeacherContext:
-    """Builds teacher contexts: student context (ending with the generation prompt) -> the same
-    context with one extra user message inserted before the generation prompt, as tokens.
-
-    The message segment and the generation prompt are found by rendering probe conversations with
-    the tokenizer's own chat template, so any append-only template works (ChatML, SmolLM2, Qwen).
-    """
-
-    def __init__(self, tokenizer: Any, message: Any = None):
-        from agentgym.feedback import teacher_message
-        self.tokenizer = tokenizer
-        self.message = message or teacher_message
-        probe = [{"role": "user", "content": "agentgym-probe"}]
-        plain = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=False)
-        with_gen = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
-        if not with_gen.startswith(plain):
-            raise ValueError("the chat template's generation prompt is not a suffix; cannot build teacher contexts")
-        self.gen_prompt_ids = self._encode(with_gen[len(plain):])
-        self._plain_probe = plain
-
-    def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def message_ids(self, hint: str) -> list[int]:
-        msg = self.message(hint)
-        probe = [{"role": "user", "content": "agentgym-probe"}]
-        full = self.tokenizer.apply_chat_template(probe + [msg], tokenize=False, add_generation_prompt=False)
-        if not full.startswith(self._plain_probe):
-            raise ValueError("the chat template rewrites earlier turns when a user message is appended")
-        return self._encode(full[len(self._plain_probe):])
-
-    def __call__(self, context: Sequence[int], hint: str) -> list[int]:
-        n = len(self.gen_prompt_ids)
-        if list(context[len(context) - n:]) != self.gen_prompt_ids:
-            raise ValueError(f"the student context does not end with the generation prompt "
-                             f"{self.gen_prompt_ids}; got tail {list(context[-n:])}")
-        return list(context[:len(context) - n]) + self.message_ids(hint) + self.gen_prompt_ids
-
-
 # ------------------------------------------------------------------------------------------ settings
 @dataclass
 class LearnerSettings:
@@ -299,7 +260,8 @@ class Learner(abc.ABC):
         self._reference: dict[str, torch.Tensor] | None = None
         if s.kl_coef > 0:
             self._reference = {n: p.detach().clone() for n, p in self.unwrapped.named_parameters() if p.requires_grad}
-        self.teacher_context = TeacherContext(tokenizer)
+        from agentgym.feedback import teacher_message
+        self.teacher_context = TeacherContext(tokenizer, teacher_message)
         self.updates = 0  # optimiser steps taken
         self.stats: Counter = Counter()
 

@@ -16,3 +16,16 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"shared data not found at {SHARED_DATA}; tests need ../shared/data beside the repo")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> Path:
+    """The offline tiny chat model (built deterministically in seconds, cached under data/)."""
+    from agentgym.agents.models import build_tiny_model
+    return build_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_path):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(tiny_model_path)

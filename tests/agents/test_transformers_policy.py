@@ -7,7 +7,6 @@ import json
 import pytest
 
 from agentgym.agents.base import SamplingParams
-from tests.agents.fixtures import tiny_model_path, tiny_tokenizer  # noqa: F401
 
 HI = [{"role": "user", "content": "hi"}]
 

@@ -14,7 +14,6 @@ import sys
 
 import pytest
 
-from tests.agents.fixtures import tiny_model_path  # noqa: F401
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 TOL = 0.05  # max |log-prob difference| between vLLM and the trainer (float32 on CPU)

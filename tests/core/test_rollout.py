@@ -13,7 +13,6 @@ from agentgym.env import AgentEnv, EnvReply, EnvReset, EchoEnv
 from agentgym.rollout import RolloutRunner, episode_tokens, rollout
 from agentgym.store import read_trajectories
 from agentgym.types import Message
-from tests.agents.fixtures import tiny_model_path, tiny_tokenizer  # noqa: F401  (fixtures)
 
 
 class FlakyEnv(EchoEnv):

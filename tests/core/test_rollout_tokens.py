@@ -13,7 +13,6 @@ import agentgym
 from agentgym.env import AgentEnv, EnvReply, EnvReset
 from agentgym.rollout import episode_tokens, rollout
 from agentgym.types import Message
-from tests.agents.fixtures import tiny_model_path, tiny_tokenizer  # noqa: F401  (fixtures)
 
 ENV_ID = "agentgym-test/ScriptedChat-v0"
 

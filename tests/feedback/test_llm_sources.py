@@ -13,7 +13,6 @@ from agentgym.feedback import (HindsightMulti, HindsightSingle, LLMHindsightSour
                                LLMStepHintSource, make_source)
 from agentgym.testing.openai_server import Reply, ScriptedOpenAIServer
 from agentgym.types import Feedback, Message, Step, Trajectory
-from tests.agents.fixtures import tiny_model_path  # noqa: F401
 
 
 def traj(name: str, n: int = 4, success: bool = False) -> Trajectory:

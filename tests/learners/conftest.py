@@ -1,32 +1,22 @@
-"""Shared fixtures: the tiny chat model with a LoRA adapter, and real Echo-env rollouts of
+"""Shared fixtures: the tiny chat model (tests/conftest.py) with a LoRA adapter, and real Echo-env rollouts of
 scripted actions (token-exact, through the normal rollout path)."""
-
-import os
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 
 @pytest.fixture(scope="session")
-def tiny_path():
-    from agentgym.agents.models import build_tiny_model
-    return build_tiny_model()
-
-
-@pytest.fixture(scope="session")
-def tokenizer(tiny_path):
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(tiny_path)
+def tokenizer(tiny_tokenizer):
+    """The tiny model's tokenizer (tests/conftest.py), under the name the learner tests use."""
+    return tiny_tokenizer
 
 
 @pytest.fixture
-def lora_model(tiny_path):
+def lora_model(tiny_model_path):
     import peft
     import torch
     from transformers import AutoModelForCausalLM
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
     return peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
 
 

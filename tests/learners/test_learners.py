@@ -85,13 +85,13 @@ def test_teacher_gets_no_gradient_and_scores_the_students_own_actions(lora_model
     assert all(not t.requires_grad and t.grad is None for t in learner.teacher_weights.params.values())
 
 
-def test_hint_sd_is_exactly_zero_on_unselected_steps_and_successful_trajectories(tiny_path, tokenizer, echo_batch):
+def test_hint_sd_is_exactly_zero_on_unselected_steps_and_successful_trajectories(tiny_model_path, tokenizer, echo_batch):
     import peft
     from transformers import AutoModelForCausalLM
 
     def fresh():
         torch.manual_seed(0)
-        m = AutoModelForCausalLM.from_pretrained(tiny_path, dtype=torch.float32)
+        m = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
         return peft.get_peft_model(m, peft.LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
 
     failed, success = echo_batch[2], echo_batch[0]
@@ -121,13 +121,13 @@ def test_hint_sd_is_exactly_zero_on_unselected_steps_and_successful_trajectories
     assert all(torch.equal(before[n], after[n]) for n in before)
 
 
-def test_the_update_does_not_depend_on_the_micro_batching(tiny_path, tokenizer, echo_batch):
+def test_the_update_does_not_depend_on_the_micro_batching(tiny_model_path, tokenizer, echo_batch):
     import peft
     from transformers import AutoModelForCausalLM
     weights = []
     for budget in (10_000, 1):  # everything in one micro-batch vs one sample per micro-batch
         torch.manual_seed(0)
-        m = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_path, dtype=torch.float32),
+        m = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32),
                                 peft.LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
         # Plain SGD (lr 1): the weight change IS the gradient (Adam's first step would hide it).
         sgd = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1.0)

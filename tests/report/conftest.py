@@ -17,20 +17,6 @@ CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver"
 PWNED = "window.__agentgym_pwned"
 
 
-def pytest_configure(config):
-    # Registered in pyproject too; repeated here so `--strict-markers` passes on a checkout whose
-    # pyproject predates the marker.
-    config.addinivalue_line("markers", "browser: needs Debian chromium + chromium-driver (scripts/install_chromium.sh)")
-
-
-@pytest.fixture(scope="session")
-def tiny_tokenizer():
-    from transformers import AutoTokenizer
-
-    from agentgym.agents.models import build_tiny_model
-    return AutoTokenizer.from_pretrained(build_tiny_model())
-
-
 @pytest.fixture(scope="session")
 def run_a(tmp_path_factory) -> Path:
     """HINT-SD-shaped run: 3 updates x (2 tasks x 2 members train + 1 eval task)."""
