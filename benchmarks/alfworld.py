@@ -68,8 +68,15 @@ def main() -> None:
     growth = rss[-1] - warm
     q = statistics.quantiles(steps, n=100) if len(steps) > 1 else [steps[0]] * 99
     print(f"games in pool: {len(env.games)}; episodes: {args.episodes}; steps: {len(steps)}")
-    print(f"RSS after 10 episodes {warm:.1f} MB, after {args.episodes}: {rss[-1]:.1f} MB, "
-          f"growth {growth:+.1f} MB (budget < {BUDGET_MB:.0f} MB, ratio {growth / BUDGET_MB:.2f})")
+    print(f"RSS after 1 episode {rss[0]:.1f} MB, after {min(10, len(rss))} {warm:.1f} MB, after {args.episodes}: {rss[-1]:.1f} MB")
+    print(f"growth after episode {min(10, len(rss))}: {growth:+.1f} MB (budget < {BUDGET_MB:.0f} MB, ratio {growth / BUDGET_MB:.2f}); "
+          f"from episode 1: {rss[-1] - rss[0]:+.1f} MB (ratio {(rss[-1] - rss[0]) / BUDGET_MB:.2f})")
+    half = rss[len(rss) // 2:]
+    if len(half) >= 2:
+        # A leak shows as a steady slope once the caches are full; allocator noise does not.
+        slope = statistics.linear_regression(range(len(half)), half).slope
+        print(f"second-half trend (least squares over episodes {len(rss) - len(half) + 1}-{len(rss)}): "
+              f"{slope:+.4f} MB/episode = {slope * 1000:+.1f} MB per 1000 episodes")
     print(f"step latency: median {statistics.median(steps) * 1e3:.1f} ms, p95 {q[94] * 1e3:.1f} ms; "
           f"reset latency: median {statistics.median(resets) * 1e3:.1f} ms, max {max(resets) * 1e3:.0f} ms")
 

