@@ -13,12 +13,6 @@ Prints, side by side:
 
 from __future__ import annotations
 
-import os
-import sys
-
-# Other scripts in benchmarks/ (e.g. selectors.py) would shadow stdlib modules of the same name.
-sys.path[:] = [p for p in sys.path if p not in ("", os.path.dirname(os.path.abspath(__file__)))]
-
 import argparse
 import threading
 import time

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import sys
 
-# benchmarks/ holds files named like stdlib modules (selectors.py): keep this folder off the path.
-sys.path[:] = [p for p in sys.path if not p.rstrip("/").endswith("benchmarks")]
 
 import argparse
 import copy

@@ -1,4 +1,4 @@
-"""Selectors and teacher cost on real BFCL trajectories. Run: ``.venv/bin/python benchmarks/selectors.py``.
+"""Selectors and teacher cost on real BFCL trajectories. Run: ``.venv/bin/python benchmarks/hindsight_selectors.py``.
 
 The batch: ``--tasks`` BFCL multi-turn base tasks x ``--group`` rollouts, played through the real env
 by a token-level scripted policy (the tiny model's tokenizer): member 0 plays the ground truth, the
@@ -16,15 +16,9 @@ Printed side by side in one run:
 
 from __future__ import annotations
 
-import os
-import sys
-
-# This file's name shadows the standard library's ``selectors`` (which subprocess imports) when it
-# runs as a script; drop its folder from the import path before anything else is imported.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
 import argparse
 import json
+import os
 import random
 import re
 import statistics

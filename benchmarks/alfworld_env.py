@@ -1,6 +1,6 @@
 """ALFWorld env: memory over many consecutive episodes, and step / reset latency.
 
-    .venv/bin/python benchmarks/alfworld.py [--episodes 500] [--steps 5] [--games DIR]
+    .venv/bin/python benchmarks/alfworld_env.py [--episodes 500] [--steps 5] [--games DIR]
 
 Plays EPISODES consecutive resets + episodes (random admissible commands, STEPS per episode, the
 expert plan computed at each reset as in the default config) in one process over the rebuilt shared
@@ -8,12 +8,6 @@ trial plus any generated games, and prints RSS growth against the 100 MB budget 
 """
 
 from __future__ import annotations
-
-import sys
-
-# This file is named like the `alfworld` package: drop its folder from the import path so
-# `import alfworld` inside the engine finds the real package, not this script.
-sys.path[:] = [p for p in sys.path if not p.rstrip("/").endswith("benchmarks")]
 
 import argparse
 import random
