@@ -16,6 +16,7 @@ From the command line: ``python -m agentgym.agents.models tiny`` or ``... smollm
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import os
@@ -208,7 +209,7 @@ def build_smollm2(path: str | Path | None = None) -> Path:
     """
     gguf = _smollm2_gguf()
     target = Path(path) if path is not None else data_dir("models") / "smollm2-135m-instruct"
-    spec = {"source": SMOLLM2_GGUF, "size": gguf.stat().st_size, "version": 1}
+    spec = {"source": SMOLLM2_GGUF, "size": gguf.stat().st_size, "version": 2}
 
     def write(out: Path) -> None:
         import torch
@@ -217,7 +218,12 @@ def build_smollm2(path: str | Path | None = None) -> Path:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
                                                       dtype=torch.float32)
-        model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+        config = copy.deepcopy(loaded.config)
+        # The weights are dequantized: a leftover "gguf" quantization_config would make the folder
+        # unloadable elsewhere (vLLM refuses it) and is not true of the saved weights.
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
         # Tied embeddings appear as a missing lm_head when the GGUF stores them once.
         missing = [k for k in missing if not (k == "lm_head.weight" and loaded.config.tie_word_embeddings)]

@@ -117,6 +117,8 @@ def test_smollm2_converts_and_runs_bfcl():
     from agentgym.rollout import episode_tokens, rollout
 
     path = build_smollm2()
+    # A plain float32 checkpoint: no leftover GGUF quantization entry (vLLM refuses those).
+    assert "quantization_config" not in json.loads((path / "config.json").read_text())
     policy = TransformersPolicy(path)
     [out] = policy.generate([[{"role": "user", "content": "What is the capital of France?"}]],
                             sampling=SamplingParams(temperature=0, max_new_tokens=12))
