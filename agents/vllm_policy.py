@@ -66,6 +66,10 @@ class VLLMPolicy(Policy):
             # vLLM's CPU backend crashes ("CPU Generator does not use offset") when a seeded request's
             # prefill is split into chunks; a step budget of a whole prompt keeps prefills in one piece.
             engine_kwargs["max_num_batched_tokens"] = max_model_len or 32768
+        # Sampled tokens' log-probs under the temperature-scaled distribution, as the transformers
+        # policy returns them (vLLM's default is the raw, temperature-1 distribution). With top_p < 1
+        # or top_k, vLLM's figure is of the truncated, renormalised distribution it sampled from.
+        engine_kwargs.setdefault("logprobs_mode", "processed_logprobs")
         self.name = model
         self.llm = vllm.LLM(model=model, enable_lora=enable_lora, max_lora_rank=max_lora_rank, dtype=dtype,
                             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
@@ -111,8 +115,15 @@ class VLLMPolicy(Policy):
 
     def score(self, context_ids: Sequence[int], action_ids: Sequence[int], top_k: int = 0, *,
               temperature: float = 1.0) -> ScoreResult:
-        """Prompt log-probs of ``action_ids`` (top-k from vLLM's prompt_logprobs when asked)."""
+        """Prompt log-probs of ``action_ids`` (top-k from vLLM's prompt_logprobs when asked).
+
+        Only at temperature 1: vLLM returns prompt log-probs of the raw distribution and rescaling
+        them needs the whole vocabulary; score with the trainer (``TransformersPolicy``) instead."""
         import math
+
+        if temperature != 1.0:
+            raise ValueError(f"VLLMPolicy.score supports temperature 1.0 only, got {temperature}; "
+                             "score with the trainer's TransformersPolicy for other temperatures")
 
         from vllm.inputs import TokensPrompt
         vllm = require_vllm()

@@ -88,6 +88,24 @@ def test_generation_matches_the_trainer_and_a_stale_engine_is_detected(engine, t
 
 
 @pytest.mark.vllm
+def test_sampling_log_probs_are_of_the_temperature_scaled_distribution(engine, tiny_model_path):
+    from agentgym.agents import SamplingParams
+
+    trainer = _synced_trainer(engine, tiny_model_path)
+    _perturb(trainer.model, scale=1.0)  # a less flat distribution, so temperature matters
+    engine.push_weights(trainer)
+    for temperature in (0.5, 1.5):
+        [out] = engine.generate([[{"role": "user", "content": "hi"}]],
+                                sampling=SamplingParams(temperature=temperature, max_new_tokens=8, seed=1))
+        scaled = trainer.score(out.prompt_ids, out.token_ids, temperature=temperature).logprobs
+        raw = trainer.score(out.prompt_ids, out.token_ids).logprobs
+        assert out.logprobs == pytest.approx(scaled, abs=TOL)  # what the learners recompute
+        assert max(abs(a - b) for a, b in zip(raw, scaled)) > 5 * TOL  # and the check can tell
+    with pytest.raises(ValueError, match="temperature 1.0 only, got 0.5"):
+        engine.score(out.prompt_ids, out.token_ids, temperature=0.5)
+
+
+@pytest.mark.vllm
 def test_scoring_returns_the_trainers_top_k_and_tail(engine, tiny_model_path):
     trainer = _synced_trainer(engine, tiny_model_path)
     _perturb(trainer.model, scale=1.0)  # less flat than the random init
