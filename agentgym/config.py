@@ -47,6 +47,9 @@ class ModelConfig(_Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="weights dtype: auto = float32 on CPU, bfloat16 on CUDA")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the learner runs")
+    gradient_checkpointing: bool = Field(False, description=(
+        "recompute activations in the backward pass: much less memory for long multi-turn contexts, "
+        "at the cost of a second forward"))
 
 
 class EnvConfig(_Section):

@@ -194,3 +194,26 @@ def test_serl_queries_its_teacher_until_lambda_reaches_zero(source, lora_model, 
     learner.updates = 50  # lambda_50 = 0: plain GRPO, the teacher is not queried any more
     late = learner.update(Batch(echo_batch, targets))
     assert late["serl_lambda"] == 0.0 and late["teacher_calls"] == 0 and late["loss"] != 0
+
+
+def test_gradient_checkpointing_gives_the_same_update(tokenizer, echo_batch):
+    """model.gradient_checkpointing trades compute for memory only: same loss, same new weights."""
+    from agentgym.config import load_config
+    from agentgym.train import load_model
+
+    results = []
+    for checkpointing in (False, True):
+        cfg = load_config(["--model.name", "tiny", "--model.gradient_checkpointing", str(checkpointing).lower()])
+        model, tok, _ = load_model(cfg, torch.device("cpu"))
+        base = model.base_model.model
+        assert getattr(base, "is_activation_checkpointing", None) is checkpointing or \
+            getattr(base, "is_gradient_checkpointing", None) is checkpointing
+        learner = make_learner("hint_sd", model, tok, LearnerSettings(lr=1e-2, teacher="ema", topk=20))
+        fb = make_source("immediate").annotate(echo_batch)
+        select = make_selector("first_error")
+        metrics = learner.update(Batch(echo_batch, [select(t, f) for t, f in zip(echo_batch, fb)]))
+        results.append((metrics["loss"], {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}))
+    (loss_a, w_a), (loss_b, w_b) = results
+    assert loss_a > 0 and loss_b == pytest.approx(loss_a, rel=1e-5)
+    assert all(torch.allclose(w_a[n], w_b[n], atol=1e-6) for n in w_a)
+    assert any(not torch.equal(w_a[n], torch.zeros_like(w_a[n])) for n in w_a if "lora_B" in n)  # it trained
