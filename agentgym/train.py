@@ -39,7 +39,7 @@ DEMO_EVAL_TASKS = ["multi_turn_base_121"]
 PRESETS: dict[str, dict[str, Any]] = {
     # The CPU demo behind a bare `agentgym train` (see the module docstring).
     "demo": {
-        # Checkpointing halves the peak memory (11.3 -> 6.0 GB) for ~1.2x the time per update.
+        # Checkpointing halves the peak memory (11.8 -> 5.5 GB) for ~1.2x the time per update.
         "model": {"name": "auto", "lora_r": 8, "lora_alpha": 16, "gradient_checkpointing": True},
         "env": {"id": "agentgym/BFCLMultiTurn-v0", "kwargs": {"split": "train"}, "task_ids": DEMO_TASKS,
                 "eval_task_ids": DEMO_EVAL_TASKS, "tasks_per_update": 1, "group_size": 2, "max_steps": 1,
