@@ -21,6 +21,7 @@ import contextlib
 from typing import Any, Callable, Iterator, Sequence
 
 from agentgym.agents.base import Conversation, Generation, Policy, SamplingParams, ScoreResult
+from agentgym.agents.chat import ChatRenderer
 
 __all__ = ["Teacher", "TeacherContext", "TeacherWeights"]
 
@@ -142,38 +143,20 @@ class TeacherContext:
     """Builds teacher contexts: student context (ending with the generation prompt) -> the same
     context with one extra user message inserted before the generation prompt, as tokens.
 
-    The message segment and the generation prompt are found by rendering probe conversations with
-    the tokenizer's own chat template, so any append-only template works (ChatML, SmolLM2, Qwen);
-    nothing earlier in the context is re-tokenized. ``message`` words the hint as a chat message
-    (the learners use ``agentgym.feedback.teacher_message``; the default is the bare hint as a user
-    turn).
+    The inserted turn is ``ChatRenderer.delta_text`` of that message (the template's own rendering,
+    checked append-only), so nothing earlier in the context is re-tokenized. ``message`` words the
+    hint as a chat message (the learners use ``agentgym.feedback.teacher_message``; the default is
+    the bare hint as a user turn).
     """
 
     def __init__(self, tokenizer: Any, message: Callable[[str], dict[str, Any]] | None = None):
-        self.tokenizer = tokenizer
+        self.renderer = ChatRenderer(tokenizer)
         self.message = message or _bare_user_message
-        probe = [{"role": "user", "content": "agentgym-probe"}]
-        plain = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=False)
-        with_gen = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
-        if not with_gen.startswith(plain):
-            raise ValueError("the chat template's generation prompt is not a suffix; cannot build teacher contexts")
-        self.gen_prompt_ids = self._encode(with_gen[len(plain):])
-        self._plain_probe = plain
-
-    def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def message_ids(self, hint: str) -> list[int]:
-        msg = self.message(hint)
-        probe = [{"role": "user", "content": "agentgym-probe"}]
-        full = self.tokenizer.apply_chat_template(probe + [msg], tokenize=False, add_generation_prompt=False)
-        if not full.startswith(self._plain_probe):
-            raise ValueError("the chat template rewrites earlier turns when a user message is appended")
-        return self._encode(full[len(self._plain_probe):])
+        self.gen_prompt_ids = self.renderer.encode(self.renderer.delta_text([]))
 
     def __call__(self, context: Sequence[int], hint: str) -> list[int]:
         n = len(self.gen_prompt_ids)
         if list(context[len(context) - n:]) != self.gen_prompt_ids:
             raise ValueError(f"the student context does not end with the generation prompt "
                              f"{self.gen_prompt_ids}; got tail {list(context[-n:])}")
-        return list(context[:len(context) - n]) + self.message_ids(hint) + self.gen_prompt_ids
+        return list(context[:len(context) - n]) + self.renderer.encode(self.renderer.delta_text([self.message(hint)]))

@@ -62,9 +62,12 @@ def main() -> None:
     growth = rss[-1] - warm
     q = statistics.quantiles(steps, n=100) if len(steps) > 1 else [steps[0]] * 99
     print(f"games in pool: {len(env.games)}; episodes: {args.episodes}; steps: {len(steps)}")
-    print(f"RSS after 1 episode {rss[0]:.1f} MB, after {min(10, len(rss))} {warm:.1f} MB, after {args.episodes}: {rss[-1]:.1f} MB")
-    print(f"growth after episode {min(10, len(rss))}: {growth:+.1f} MB (budget < {BUDGET_MB:.0f} MB, ratio {growth / BUDGET_MB:.2f}); "
-          f"from episode 1: {rss[-1] - rss[0]:+.1f} MB (ratio {(rss[-1] - rss[0]) / BUDGET_MB:.2f})")
+    warm_at = min(10, len(rss))
+    print(f"RSS after 1 episode {rss[0]:.1f} MB, after {warm_at} {warm:.1f} MB, "
+          f"after {args.episodes}: {rss[-1]:.1f} MB")
+    print(f"growth after episode {warm_at}: {growth:+.1f} MB (budget < {BUDGET_MB:.0f} MB, "
+          f"ratio {growth / BUDGET_MB:.2f}); from episode 1: {rss[-1] - rss[0]:+.1f} MB "
+          f"(ratio {(rss[-1] - rss[0]) / BUDGET_MB:.2f})")
     half = rss[len(rss) // 2:]
     if len(half) >= 2:
         # A leak shows as a steady slope once the caches are full; allocator noise does not.
