@@ -26,6 +26,9 @@ object come back as ``{"__raw__": ...}`` for the env to report. Log-probs are re
 The API key is ``api_key``, else the environment variable ``api_key_env`` (``OPENAI_API_KEY``), else
 ``"EMPTY"`` (what local vLLM / SGLang servers accept).
 
+A model spec ``openai:NAME`` (what ``agentgym eval --model openai:NAME --base-url URL`` takes) builds
+the policy with ``openai_policy_from_spec``.
+
 >>> from agentgym.testing.openai_server import ScriptedOpenAIServer, Reply
 >>> with ScriptedOpenAIServer(responder=lambda body: Reply(content="hi!")) as server:
 ...     policy = OpenAIPolicy("m", base_url=server.base_url, api_key="k")
@@ -51,7 +54,7 @@ from agentgym.agents.base import Conversation, Generation, Policy, PolicyError, 
 from agentgym.types import ToolCall
 
 __all__ = ["OpenAIPolicy", "APIRetryError", "DeadlineExceeded", "TransportError", "MalformedResponseError",
-           "is_transient"]
+           "is_transient", "OPENAI_PREFIX", "is_openai_spec", "openai_policy_from_spec"]
 
 _TOKEN_ID = re.compile(r"^token_id:(\d+)$")
 _DELTA_SECONDS = re.compile(r"^\d+(?:\.\d+)?$")
@@ -274,6 +277,8 @@ class OpenAIPolicy(Policy):
 
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be an int >= 1, got {max_concurrency!r}")
         if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
             raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
         if max_argument_depth < 1 or max_argument_chars < 1:
@@ -496,3 +501,40 @@ class OpenAIPolicy(Policy):
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
+
+
+# ---------------------------------------------------------------------------------------- model specs
+OPENAI_PREFIX = "openai:"
+
+
+def is_openai_spec(spec: Any) -> bool:
+    """Whether ``spec`` names a model behind an OpenAI-compatible API (``openai:NAME``)."""
+    return isinstance(spec, str) and spec.startswith(OPENAI_PREFIX)
+
+
+def openai_policy_from_spec(spec: str, *, base_url: str | None = None, api_key: str | None = None,
+                            api_key_env: str | None = "OPENAI_API_KEY", timeout: float = 60.0,
+                            max_concurrency: int = 8, max_attempts: int = 6, **kwargs: Any) -> OpenAIPolicy:
+    """The ``OpenAIPolicy`` of a model spec ``openai:NAME`` (NAME is the model name the endpoint
+    serves; it may contain ``/`` and ``:``): ``base_url`` (None: the ``openai`` client's default, i.e.
+    ``$OPENAI_BASE_URL`` or api.openai.com), the key from ``api_key``, else ``$api_key_env``, else
+    ``"EMPTY"``; ``timeout`` seconds per request (whole-request deadline), ``max_concurrency``
+    requests in flight, ``max_attempts`` tries of a transient failure. Further keyword arguments go to
+    ``OpenAIPolicy``.
+
+    >>> openai_policy_from_spec("gpt-4o")
+    Traceback (most recent call last):
+    ...
+    ValueError: model spec 'gpt-4o' does not name an OpenAI-compatible model: write openai:NAME (e.g. openai:gpt-4o-mini)
+    """
+    if not is_openai_spec(spec):
+        raise ValueError(f"model spec {spec!r} does not name an OpenAI-compatible model: write "
+                         f"{OPENAI_PREFIX}NAME (e.g. {OPENAI_PREFIX}gpt-4o-mini)")
+    name = spec[len(OPENAI_PREFIX):].strip()
+    if not name:
+        raise ValueError(f"model spec {spec!r}: the model name after {OPENAI_PREFIX!r} is empty")
+    if base_url is not None:
+        if not isinstance(base_url, str) or not re.match(r"^https?://[^\s/]+", base_url):
+            raise ValueError(f"base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {base_url!r}")
+    return OpenAIPolicy(name, base_url=base_url, api_key=api_key, api_key_env=api_key_env, timeout=timeout,
+                        max_concurrency=max_concurrency, max_attempts=max_attempts, **kwargs)

@@ -192,7 +192,11 @@ def policy_teacher(feedback: Any, student: Any, learner: Any) -> TeacherPolicy:
 
 def openai_teacher(feedback: Any, student: Any, learner: Any) -> Any:
     """``feedback.teacher = "openai"``: a model behind an OpenAI-compatible API writes the feedback."""
-    from agentgym.agents.openai_policy import OpenAIPolicy
+    from agentgym.agents.openai_policy import OPENAI_PREFIX, is_openai_spec, openai_policy_from_spec
     if not feedback.api_model:
         raise ValueError("feedback.api_model: required when feedback.teacher = 'openai'")
-    return OpenAIPolicy(feedback.api_model, base_url=feedback.api_base_url, api_key_env=feedback.api_key_env)
+    spec = feedback.api_model if is_openai_spec(feedback.api_model) else OPENAI_PREFIX + feedback.api_model
+    return openai_policy_from_spec(spec, base_url=feedback.api_base_url, api_key_env=feedback.api_key_env,
+                                   timeout=getattr(feedback, "api_timeout_s", 60.0),
+                                   max_concurrency=getattr(feedback, "api_max_concurrency", 8),
+                                   max_attempts=getattr(feedback, "api_max_attempts", 6))
