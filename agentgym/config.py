@@ -102,6 +102,10 @@ class EnvConfig(_Section):
     step_timeout_s: float | None = Field(None, ge=0, le=86_400, description=(
         "hard deadline of one env step, enforced from outside the step: an overrun truncates the "
         "episode with the cause (None: the env's default, 60 s for agentgym envs; 0: off)"))
+    workers: int = Field(0, ge=0, le=256, description=(
+        "env worker processes (spawned, each holding its envs; episodes step there while the policy "
+        "generates for others; a crashed worker truncates its episodes with the cause and is respawned). "
+        "0: envs step in the trainer's process"))
 
     @field_validator("id")
     @classmethod
@@ -150,6 +154,11 @@ class FeedbackConfig(_Section):
     api_model: str | None = Field(None, description="model name at the endpoint")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the endpoint's API key "
                                                           "(the key itself never goes into a config file)")
+    api_timeout_s: float = Field(60.0, gt=0, le=86_400, description="deadline of one API request (connect, send "
+                                                                    "and the whole body), seconds")
+    api_max_concurrency: int = Field(8, ge=1, le=1024, description="API requests in flight at once")
+    api_max_attempts: int = Field(6, ge=1, le=100, description="tries of a request that fails transiently "
+                                                               "(429, 5xx, timeouts, malformed replies)")
 
     @field_validator("source")
     @classmethod
