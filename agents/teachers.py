@@ -31,8 +31,12 @@ class TeacherWeights:
     (1 - rate) theta_T + rate theta_S after each optimiser step), hard-copied every ``every`` updates
     (``refresh``), or the ``current`` student weights (no copy).
 
-    With LoRA the copy is the adapter's parameters: a second adapter applied by
-    ``torch.func.functional_call`` for scoring, or swapped in place for generation.
+    With LoRA the copy is the adapter's parameters (a second adapter, held as tensors); without, all
+    trainable weights. Under FSDP2 / ZeRO-3 each process holds the teacher's copy of *its shard*
+    only (``agentgym.sharding``): the EMA and the refresh move shards in place, and scoring or
+    generating with the teacher swaps the shards in (no full-state gather). ``state_dict`` gathers
+    the whole copy (a collective under sharding) and ``load_state_dict`` cuts each process's shard
+    back out, so a checkpoint is the same whether the run was sharded or not.
 
     >>> import torch
     >>> lin = torch.nn.Linear(1, 1, bias=False); _ = lin.weight.data.fill_(1.0)
@@ -44,6 +48,7 @@ class TeacherWeights:
     MODES = ("fixed", "ema", "refresh", "current")
 
     def __init__(self, model: "torch.nn.Module", mode: str = "ema", rate: float = 0.001, every: int = 10):
+        from agentgym.sharding import snapshot
         if mode not in self.MODES:
             raise ValueError(f"teacher mode must be one of {self.MODES}, got {mode!r}")
         if mode == "ema" and not 0 < rate <= 1:
@@ -53,7 +58,7 @@ class TeacherWeights:
         self.mode, self.rate, self.every = mode, rate, every
         self.params: dict[str, Any] = {}
         if mode != "current":
-            self.params = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            self.params = snapshot(model)
 
     def after_update(self, model: "torch.nn.Module", update: int) -> None:
         """Call after optimiser step number ``update`` (1-based)."""
@@ -63,47 +68,38 @@ class TeacherWeights:
             self._move(model, update)
 
     def _move(self, model: "torch.nn.Module", update: int) -> None:
+        from agentgym.sharding import local_data
         if self.mode == "ema":
             for n, p in model.named_parameters():
                 if n in self.params:
-                    self.params[n].lerp_(p.detach(), self.rate)
+                    self.params[n].lerp_(local_data(p), self.rate)
         elif self.mode == "refresh" and update % self.every == 0:
             for n, p in model.named_parameters():
                 if n in self.params:
-                    self.params[n].copy_(p.detach())
+                    self.params[n].copy_(local_data(p))
 
     def overrides(self) -> "dict[str, torch.Tensor] | None":
         return self.params or None
 
     @contextlib.contextmanager
     def swapped_in(self, model: "torch.nn.Module") -> Iterator[None]:
-        """The teacher's weights in place of the student's (for generation; no autograd graph may be
-        alive while they are swapped)."""
-        if not self.params:
+        """The teacher's weights in place of the student's (for scoring and generation; no autograd
+        graph may be alive while they are swapped)."""
+        from agentgym.sharding import swapped
+        with swapped(model, self.params):
             yield
-            return
-        import torch
-
-        named = dict(model.named_parameters())
-        with torch.no_grad():
-            for n, t in self.params.items():
-                named[n].data, self.params[n] = t, named[n].data
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for n in self.params:
-                    named[n].data, self.params[n] = self.params[n], named[n].data
 
     def state_dict(self) -> dict[str, Any]:
+        from agentgym.sharding import full
         return {"mode": self.mode, "rate": self.rate, "every": self.every,
-                "params": {n: t.cpu() for n, t in self.params.items()}}
+                "params": {n: full(t) for n, t in self.params.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        from agentgym.sharding import load_full
         for n, t in state["params"].items():
             if n not in self.params:
                 raise KeyError(f"teacher checkpoint has parameter {n!r} that this model does not train")
-            self.params[n].copy_(t)
+            load_full(self.params[n], t)
 
 
 class Teacher:

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from agentgym.agents.teachers import TeacherContext, TeacherWeights
 from agentgym.faults import crash_point
 from agentgym.feedback.spans import ACTION_SPAN_KEY
+from agentgym.sharding import full, full_state, is_dtensor, is_sharded, load_full, shard_as, snapshot, swapped
 from agentgym.plugins import LEARNERS
 from agentgym.types import Target, Trajectory
 from agentgym.learners.losses import AGGREGATIONS, DIRECTIONS, aggregation_normaliser, divergence, k3_kl, topk_tail
@@ -142,7 +143,8 @@ def action_log_probs(model: Any, contexts: Sequence[Sequence[int]], actions: Seq
 
     One left-padded forward over context + action (explicit position ids, so padding does not shift
     positions); only the last ``max(len(action)) + 1`` positions are projected to the vocabulary.
-    ``params``: parameter overrides (the teacher's weights) applied with ``torch.func.functional_call``.
+    ``params``: parameter overrides applied with ``torch.func.functional_call`` (plain models only;
+    the learners swap teacher weights in with ``agentgym.sharding.swapped``, which works sharded).
     """
     device = next(model.parameters()).device
     seqs = [list(c) + list(a) for c, a in zip(contexts, actions)]
@@ -345,11 +347,15 @@ class Learner(abc.ABC):
             self.model, self.optimizer = accelerator.prepare(model, self.optimizer)
         else:
             self.model = model
+        # FSDP2 DTensor / ZeRO-3 parameters: every forward is a collective, so every process runs the
+        # same passes (teacher and reference ones included), and the second weight sets below hold
+        # this process's shard only.
+        self.sharded = is_sharded(self.unwrapped)
         self.teacher_weights = TeacherWeights(self.unwrapped, s.teacher, s.teacher_rate, s.teacher_every) \
             if self.uses_teacher else None
         self._reference: dict[str, torch.Tensor] | None = None
         if s.kl_coef > 0:
-            self._reference = {n: p.detach().clone() for n, p in self.unwrapped.named_parameters() if p.requires_grad}
+            self._reference = snapshot(self.unwrapped)
         from agentgym.feedback import teacher_message
         self.teacher_context = TeacherContext(tokenizer, teacher_message)
         return self
@@ -393,28 +399,40 @@ class Learner(abc.ABC):
         return self.temperature
 
     def log_probs(self, contexts, actions, params=None, temperature: float | None = None) -> list[torch.Tensor]:
-        model = self.model if params is None else self.unwrapped
-        return action_log_probs(model, contexts, actions, pad_id=self.pad_id,
-                                temperature=self.student_temperature if temperature is None else temperature,
-                                params=params)
+        """Log-probs under the student (with grad, through the prepared model) or, with ``params``,
+        under those weights swapped into the model (no autograd graph may be alive: the update runs
+        these passes before the student's forward)."""
+        temperature = self.student_temperature if temperature is None else temperature
+        if params is None:
+            return action_log_probs(self.model, contexts, actions, pad_id=self.pad_id, temperature=temperature)
+        with swapped(self.unwrapped, params):
+            return action_log_probs(self.unwrapped, contexts, actions, pad_id=self.pad_id, temperature=temperature)
 
     @torch.no_grad()
-    def teacher_log_probs(self, samples: Sequence[Sample]) -> list[torch.Tensor | None]:
-        """Teacher log-probs on each sample's teacher context (the student's own action ids)."""
+    def teacher_log_probs(self, samples: Sequence[Sample], *, collective: bool = False) -> list[torch.Tensor | None]:
+        """Teacher log-probs on each sample's teacher context (the student's own action ids).
+        ``collective``: run one forward even when no sample here has a teacher context (sharded
+        weights: another process is scoring, and its forward needs this one's shards)."""
         out: list[torch.Tensor | None] = [None] * len(samples)
         idx = [i for i, s in enumerate(samples) if s.teacher_context is not None]
+        params = self.teacher_weights.overrides() if self.teacher_weights is not None else None
         if idx:
-            params = self.teacher_weights.overrides() if self.teacher_weights is not None else None
             lps = self.log_probs([samples[i].teacher_context for i in idx], [samples[i].action for i in idx],
                                  params=params if params else None)
             self.stats["teacher_tokens"] += sum(len(samples[i].teacher_context) + len(samples[i].action) for i in idx)
             self.stats["teacher_calls"] += len(idx)
             for i, lp in zip(idx, lps):
                 out[i] = lp.detach()
+        elif collective:
+            self.log_probs([[self.pad_id]], [[self.pad_id]], params=params if params else None)
         return out
 
     @torch.no_grad()
-    def reference_log_probs(self, samples: Sequence[Sample]) -> list[torch.Tensor]:
+    def reference_log_probs(self, samples: Sequence[Sample], *, collective: bool = False) -> list[torch.Tensor]:
+        if not samples:
+            if collective:
+                self.log_probs([[self.pad_id]], [[self.pad_id]], params=self._reference, temperature=self.temperature)
+            return []
         lps = self.log_probs([s.context for s in samples], [s.action for s in samples], params=self._reference,
                              temperature=self.temperature)  # the k3 KL compares sampling distributions
         return [lp.gather(-1, torch.tensor(s.action, device=lp.device).unsqueeze(-1)).squeeze(-1)
@@ -491,14 +509,28 @@ class Learner(abc.ABC):
         plans = plan_micro_batches([len(s) for s in trained], self.settings.token_budget) if trained else []
         # Every process must run the same number of backward passes under DDP: pad with empty passes.
         n_micro = int(self._all_max(len(plans)))
+        # Which micro-batches need a teacher pass (any process's, when sharded: the pass is collective).
+        scored = [float(i < len(plans) and scale > 0 and any(trained[j].teacher_context is not None for j in plans[i]))
+                  for i in range(n_micro)]
+        if self.sharded:
+            scored = self._all_max_list(scored)
         for i in range(n_micro):
             mb = [trained[j] for j in plans[i]] if i < len(plans) else []
+            active = bool(mb) and scale > 0
             sync = i == n_micro - 1
             ctx = contextlib.nullcontext() if sync or self.accelerator is None else self.accelerator.no_sync(self.model)
+            # Teacher and reference passes first: their weights are swapped in while no graph is alive.
+            teacher = ref = None
+            if active or self.sharded:
+                here = mb if active else []
+                extra = {"collective": True} if self.sharded else {}
+                teacher = self.teacher_log_probs(here, **extra) if scored[i] else [None] * len(here)
+                if self._reference is not None:
+                    ref = self.reference_log_probs(here, **extra)
             with ctx:
-                if mb and scale > 0:
+                if active:
                     student = self.log_probs([s.context for s in mb], [s.action for s in mb])
-                    fwd = Forward(self, mb, student)
+                    fwd = Forward(self, mb, student, _teacher=teacher, _ref=ref)
                     if mode == "seq_mean_token_mean":  # each sample's token mean, then the mean over samples
                         loss = student[0].new_zeros(())
                         for row, s in enumerate(mb):
@@ -509,9 +541,9 @@ class Learner(abc.ABC):
                         loss, m = self.objective(fwd)
                         sums.update(m)
                     loss_local += float(loss.detach()) / norm
-                    self._backward(loss * scale)
+                    self._backward(loss * scale, sync)
                 elif self.world_size > 1:
-                    self._backward(self._empty_pass())
+                    self._backward(self._empty_pass(), sync)
         grad_norm = self._clip()
         bad = not (math.isfinite(loss_local) and math.isfinite(grad_norm))
         skipped = self._any_process(bad)  # every process skips, or none does
@@ -544,6 +576,14 @@ class Learner(abc.ABC):
     def _all_max(self, value: float) -> float:
         return self._all_reduce(value, "max")
 
+    def _all_max_list(self, values: list[float]) -> list[float]:
+        if self.world_size == 1 or not values:
+            return values
+        import torch.distributed as dist
+        t = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t.tolist()
+
     def _any_process(self, flag: bool) -> bool:
         """Whether ``flag`` is true on any process (all-reduced, so all processes agree)."""
         return self._all_max(float(flag)) > 0
@@ -554,11 +594,19 @@ class Learner(abc.ABC):
         [lp] = self.log_probs([[self.pad_id]], [[self.pad_id]])
         return lp.sum() * 0.0
 
-    def _backward(self, loss: torch.Tensor) -> None:
+    def _backward(self, loss: torch.Tensor, sync: bool = True) -> None:
         if self.accelerator is not None:
+            if self._deepspeed:
+                # DeepSpeed steps its engine inside backward on a gradient-accumulation boundary:
+                # the boundary is this update's last micro-batch.
+                self.accelerator.gradient_state._set_sync_gradients(sync)
             self.accelerator.backward(loss)
         else:
             loss.backward()
+
+    @property
+    def _deepspeed(self) -> bool:
+        return self.accelerator is not None and str(getattr(self.accelerator, "distributed_type", "")).endswith("DEEPSPEED")
 
     def _clip(self) -> float:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -566,21 +614,39 @@ class Learner(abc.ABC):
             norm = self.accelerator.clip_grad_norm_(params, self.settings.grad_clip)
         else:
             norm = torch.nn.utils.clip_grad_norm_(params, self.settings.grad_clip)
+        if is_dtensor(norm):  # FSDP2: the global norm, replicated
+            norm = norm.full_tensor()
         norm = float(norm) if norm is not None else 0.0
         return norm if math.isfinite(norm) else float("nan")
 
     # ---------------------------------------------------------------- checkpoint state
     def state_dict(self) -> dict[str, Any]:
-        return {"updates": self.updates, "optimizer": self.optimizer.state_dict(),
+        """Updates, optimizer, teacher and reference weights, every tensor whole and on CPU (sharded
+        ones gathered: a collective, so every process calls it), the same for a sharded run as for
+        one process."""
+        return {"updates": self.updates, "optimizer": full_state(self.optimizer.state_dict()),
                 "teacher": self.teacher_weights.state_dict() if self.teacher_weights is not None else None,
-                "reference": {n: t.cpu() for n, t in self._reference.items()} if self._reference else None}
+                "reference": {n: full(t) for n, t in self._reference.items()} if self._reference else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict()`` (whole tensors; each process keeps its shard of sharded ones)."""
         self.updates = int(state["updates"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(self._shard_optimizer_state(state["optimizer"]))
         if self.teacher_weights is not None and state.get("teacher"):
             self.teacher_weights.load_state_dict(state["teacher"])
         if self._reference is not None and state.get("reference"):
             for n, t in state["reference"].items():
-                self._reference[n].copy_(t)
+                load_full(self._reference[n], t)
+
+    def _shard_optimizer_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """A whole optimizer state dict laid out like the parameters (DTensor moments under FSDP2)."""
+        if not self.sharded:
+            return state
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        out = {**state, "state": {}}
+        for idx, per_param in state["state"].items():
+            p = params[int(idx)]
+            out["state"][idx] = {k: shard_as(v, p) if isinstance(v, torch.Tensor) and v.shape == p.shape else v
+                                 for k, v in per_param.items()}
+        return out
 
