@@ -13,7 +13,7 @@ from typing import Callable
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("agentgym.train:main", "train a policy (default: HINT-SD on BFCL v3 multi-turn, see README)"),
-    "eval": ("agentgym.train:eval_main", "evaluate a policy or a run's checkpoint on an env split"),
+    "eval": ("agentgym.evaluation:eval_main", "evaluate a policy or a run's checkpoint on an env split"),
     "bench": ("agentgym.bench:main", "run the benchmarks in benchmarks/ (agentgym bench NAME)"),
     "report": ("agentgym.report:main", "write a self-contained HTML report of a run folder"),
     "view": ("agentgym.report:view_main", "write an HTML view of a trajectories .jsonl file"),

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 __all__ = ["EnvDefaults", "env_defaults", "env_class", "check_env_id", "list_tasks", "task_key"]
 
@@ -38,6 +38,12 @@ class EnvDefaults:
     # Reads the reference action (text the policy could have written) from the payload of a step's
     # ``reference`` feedback; the trainer tracks its log-prob as a learning signal. None: no such signal.
     reference_action: Callable[[dict[str, Any]], str | None] | None = None
+    # The key of the recorded task (``info["task"]``) that names its category for per-category
+    # breakdowns (BFCL category, ALFWorld task type, WebShop product category, AppWorld difficulty).
+    category_field: str | None = None
+    # The benchmark's official headline numbers from evaluation outcomes (``agentgym.evaluation.Outcome``
+    # rows of one pass), on the benchmark's published scale; None: success rate and reward only.
+    headline: Callable[[Sequence[Any]], dict[str, float]] | None = None
 
     def replace(self, **changes: Any) -> "EnvDefaults":
         return dataclasses.replace(self, **changes)

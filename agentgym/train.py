@@ -284,48 +284,12 @@ class Trainer:
         self._build()
 
     # ---------------------------------------------------------------- tasks
-    def _probe(self, kwargs: dict[str, Any]) -> list[dict[str, Any]]:
-        import gymnasium as gym
-
-        from agentgym.envspec import env_defaults, list_tasks
-        try:
-            env = gym.make(self.config.env.id, **kwargs)
-        except Exception as exc:
-            hint = env_defaults(self.config.env.id).data_hint
-            raise ConfigError(f"env: cannot build {self.config.env.id} with kwargs {kwargs}: {type(exc).__name__}: "
-                              f"{exc}" + (f" ({hint})" if hint else "")) from None
-        try:
-            return list_tasks(env)
-        finally:
-            env.close()
-
     def _tasks(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """(training tasks, evaluation tasks) as reset options; [{}] entries draw a task by seed."""
-        e = self.config.env
-        listed = self._probe(e.kwargs)
-        train = [{"task_id": t} for t in e.task_ids] if e.task_ids else listed
-        if e.eval_task_ids:
-            evals = [{"task_id": t} for t in e.eval_task_ids]
-        elif not e.eval_tasks:
-            evals = []
-        elif e.eval_kwargs is not None and e.eval_kwargs != e.kwargs:
-            evals = self._probe(e.eval_kwargs)[:e.eval_tasks] or [{} for _ in range(e.eval_tasks)]
-        elif listed:
-            # One task pool: the evaluation tasks are a seeded sample held out of training.
-            order = list(range(len(listed)))
-            random.Random(f"eval/{self.config.train.seed}").shuffle(order)
-            held = set(order[:e.eval_tasks])
-            evals = [listed[i] for i in sorted(held)]
-            if not e.task_ids:
-                rest = [t for i, t in enumerate(listed) if i not in held]
-                if rest:
-                    train = rest
-                else:
-                    self.notes.append(f"{self.config.env.id} lists {len(listed)} task(s): evaluation uses training "
-                                      "tasks (nothing to hold out)")
-        else:
-            evals = [{} for _ in range(e.eval_tasks)]  # drawn by seed (offset from training seeds)
-        return train or [{}], evals
+        """(training tasks, evaluation tasks) as reset options (``agentgym.evaluation.task_lists``)."""
+        from agentgym.evaluation import task_lists
+        train, evals, notes = task_lists(self.config)
+        self.notes.extend(notes)
+        return train, evals
 
     # ---------------------------------------------------------------- building the parts
     def _build(self) -> None:
@@ -436,8 +400,13 @@ class Trainer:
                                 f"{self.config.env.id}: {errored[0].error}")
 
     def evaluate(self, update: int) -> dict[str, Any]:
+        """Evaluate on the held-out tasks: success and reward with their interval over tasks, pass@k
+        over ``env.eval_group_size`` samples, per-category numbers, the env's official headline, and
+        the mean log-prob of each held-out task's reference first action (``reference_logprob``)."""
         if not self.eval_tasks:
             return {}
+        from agentgym.envspec import env_defaults
+        from agentgym.evaluation import outcomes, reference_logprob_of, seed_record
         e = self.config.env
         shard = self.eval_tasks[self.rank::self.world]
         started = time.perf_counter()
@@ -446,11 +415,17 @@ class Trainer:
                  for t in trajs]
         self._write_trajectories(trajs)
         crash_point("eval", update)
-        succ, rew, n, err = self._gather([sum(t.success for t in trajs), sum(t.final_reward for t in trajs),
-                                          len(trajs), sum(bool(t.error) for t in trajs)])
+        declared = env_defaults(e.id)
+        rows = outcomes(trajs, declared.category_field)
+        reference = reference_logprob_of(trajs, e.id, self.tokenizer, self._score_action)
+        if self.world > 1:
+            from accelerate.utils import gather_object
+            rows, reference = gather_object(rows), {k: v for part in gather_object([reference]) for k, v in part.items()}
         record = {"update": update, "phase": "eval", "time": time.time(), "seconds": time.perf_counter() - started,
-                  "success_rate": succ / n if n else 0.0, "reward_mean": rew / n if n else 0.0, "episodes": n,
-                  "episode_errors": err}
+                  **seed_record(rows, declared.headline)}
+        if reference:
+            record["reference_logprob"] = sum(reference.values()) / len(reference)
+            record["reference_logprobs"] = reference
         self._log(record)
         return record
 
@@ -518,15 +493,16 @@ class Trainer:
 
     def probe_logprob(self) -> float | None:
         """Mean per-token log-prob of the probe's reference action under the current student."""
-        if self.probe is None:
-            return None
+        return None if self.probe is None else self._score_action(*self.probe)
+
+    def _score_action(self, ctx: list[int], act: list[int]) -> float:
+        """Mean per-token log-prob of ``act`` after ``ctx`` under the current student (temperature 1)."""
         import torch
         from agentgym.learners import action_log_probs
-        ctx, act = self.probe
         self.learner.model.eval()
         with torch.no_grad():
             [lp] = action_log_probs(self.learner.unwrapped, [ctx], [act], pad_id=self.learner.pad_id,
-                                    temperature=self.learner.temperature)
+                                    temperature=1.0)
         return float(lp.gather(-1, torch.tensor(act, device=lp.device).unsqueeze(-1)).mean())
 
     # ---------------------------------------------------------------- output
@@ -574,16 +550,17 @@ class Trainer:
                             keep=self.config.train.keep_checkpoints)
         self.accelerator.wait_for_everyone()
 
-    def _recorded_success(self, update: int) -> float | None:
+    def _recorded_eval(self, update: int) -> dict[str, Any]:
+        """The run's (last) evaluation record of ``update`` in metrics.jsonl, or {}."""
         path = self.run_dir / "metrics.jsonl"
-        found = None
+        found: dict[str, Any] = {}
         for line in path.read_text().splitlines() if path.is_file() else []:
             try:
                 rec = json.loads(line)
             except ValueError:
                 continue
-            if rec.get("phase") == "eval" and rec.get("update") == update:
-                found = rec.get("success_rate")
+            if isinstance(rec, dict) and rec.get("phase") == "eval" and rec.get("update") == update:
+                found = rec
         return found
 
     def maybe_resume(self, *, truncate: bool = True) -> int:
@@ -617,12 +594,8 @@ class Trainer:
         self._open_outputs()
         self.start = start = self.maybe_resume()
         self.backend.sync(self.policy)  # serve (and verify) the weights training starts from
-        summary_path = self.run_dir / "summary.json"
-        before = None
-        if start == 0:
-            before = self.evaluate(0).get("success_rate")
-        elif summary_path.is_file():
-            before = json.loads(summary_path.read_text()).get("success_before")
+        first = self.evaluate(0) if start == 0 else self._recorded_eval(0)
+        before = first.get("success_rate")
         seconds = []
         bar = tqdm(range(start, cfg.train.updates), desc=f"{cfg.learner.name} updates",
                    disable=not (cfg.train.progress and self.is_main), initial=start, total=cfg.train.updates)
@@ -646,25 +619,30 @@ class Trainer:
                 self._write_summary(before, after, done, seconds)
         finally:
             bar.close()
+        final_eval = self._recorded_eval(cfg.train.updates)
         if after is None and start == cfg.train.updates:
-            after = self._recorded_success(cfg.train.updates)
+            after = final_eval.get("success_rate")
         if self.is_main:
             from agentgym.checkpoint import assert_finite
             assert_finite(self.learner.unwrapped, "the trained weights")  # never write NaN as the run's adapter
             self.learner.unwrapped.save_pretrained(self.run_dir / ("adapter" if cfg.model.lora else "model"))
-        if self.probe is not None:
+        if self.probe is not None and _effect(first, final_eval) is None:
             self.notes.append("reference_logprob: mean per-token log-prob of the first train task's reference "
                               "first action under the student, before the first and after the last update")
         summary = self._write_summary(before, after, cfg.train.updates, seconds,
-                                      probe=(self.probe_before, self.probe_logprob()))
+                                      probe=(self.probe_before, self.probe_logprob()), evals=(first, final_eval))
         if self._tb is not None:
             self._tb.close()
         self.backend.close()
         return summary
 
-    def _write_summary(self, before, after, updates, seconds, probe=(None, None)) -> dict[str, Any]:
+    def _write_summary(self, before, after, updates, seconds, probe=(None, None), evals=({}, {})) -> dict[str, Any]:
         cfg = self.config
         notes = list(self.notes)
+        effect = _effect(*evals)
+        if effect is not None:
+            probe = (effect["before"], effect["after"])
+            notes.append(f"measured: {effect['what']}")
         if self.source is not None:
             notes.append(f"feedback source: {cfg.feedback.source}; selector: {cfg.feedback.selector}")
         summary = {"env_id": cfg.env.id, "learner": cfg.learner.name, "model": self.model_name,
@@ -674,12 +652,36 @@ class Trainer:
                    "selector": cfg.feedback.selector if self.selector is not None else DISABLED,
                    "world_size": self.world, "device": str(self.accelerator.device),
                    "train_tasks": len(self.train_tasks), "eval_tasks": self.eval_tasks,
-                   "reference_logprob_before": probe[0], "reference_logprob_after": probe[1], "notes": notes}
+                   "reference_logprob_before": probe[0], "reference_logprob_after": probe[1],
+                   "effect": effect, "success_interval_before": _interval(evals[0]),
+                   "success_interval_after": _interval(evals[1]), "notes": notes}
         if self.is_main:
             tmp = self.run_dir / "summary.json.tmp"
             tmp.write_text(json.dumps(summary, indent=2))
             os.replace(tmp, self.run_dir / "summary.json")
         return summary
+
+
+def _interval(record: dict[str, Any]) -> list[float] | None:
+    """The 95 % interval (over tasks) of an evaluation record's success rate, when it has one."""
+    low, high = record.get("success_low"), record.get("success_high")
+    return [low, high] if isinstance(low, (int, float)) and isinstance(high, (int, float)) else None
+
+
+def _effect(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any] | None:
+    """The before/after change of the held-out reference log-prob, paired task by task: the mean
+    difference with its 95 % interval over the held-out tasks (None without references)."""
+    from agentgym.evaluation import estimate
+    a, b = first.get("reference_logprobs") or {}, last.get("reference_logprobs") or {}
+    common = sorted(set(a) & set(b))
+    if not common:
+        return None
+    diff = estimate([b[t] - a[t] for t in common], over="held-out tasks")
+    return {"metric": "reference_logprob", "before": sum(a[t] for t in common) / len(common),
+            "after": sum(b[t] for t in common) / len(common), "difference": diff.as_dict(),
+            "what": f"mean per-token log-prob of the env's reference first action on {len(common)} held-out "
+                    f"evaluation task(s), before the first and after the last update; the difference is paired "
+                    f"by task (95 % t-interval over tasks)"}
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -752,28 +754,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def eval_main(argv: list[str] | None = None) -> int:
-    """``agentgym eval RUN_DIR [--section.key VALUE ...]``: evaluate a run's latest checkpoint (or,
-    without RUN_DIR, the untrained model of the demo config) on the env's evaluation tasks."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    run_dir = None
-    if argv and not argv[0].startswith("--"):
-        run_dir, argv = argv[0], argv[1:]
-    try:
-        if run_dir is not None:
-            cfg_file = Path(run_dir) / "config.json"
-            if not cfg_file.is_file():
-                raise ConfigError(f"{run_dir!r} is not a run folder (no config.json)")
-            cfg = load_config(argv, base=json.loads(cfg_file.read_text()))
-            cfg.train.run_dir = str(run_dir)
-        else:
-            cfg, _, _ = cli_config(argv)
-        trainer = Trainer(cfg)
-        trainer.run_dir.mkdir(parents=True, exist_ok=True)
-        step = trainer.maybe_resume(truncate=False) if run_dir else 0
-        record = trainer.evaluate(step)
-    except (ConfigError, UnknownPluginError, ValueError) as exc:
-        return _fail("eval", exc, 2)
-    except (TrainingError, CheckpointError) as exc:
-        return _fail("eval", exc, 1)
-    print(json.dumps(record, indent=2))
-    return 0
+    """``agentgym eval``: see ``agentgym.evaluation.eval_main``."""
+    from agentgym.evaluation import eval_main as main_
+    return main_(argv)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from agentgym.envspec import EnvDefaults
+from agentgym.evaluation import category_accuracy
 from agentgym.env import AgentEnv, EnvReply, EnvReset
 from agentgym.parsing import tag_contents
 from agentgym.types import Feedback, FeedbackKind, Message
@@ -92,7 +93,11 @@ class ALFWorldEnv(AgentEnv):
     """
 
     default_max_steps = 50
-    defaults = EnvDefaults(max_new_tokens=48, data_hint="set ALFWORLD_DATA, or build games with `agentgym data "
+    # Headline: ALFWorld's success rate (%) overall and per task type.
+    defaults = EnvDefaults(max_new_tokens=48, category_field="task_type",
+                           headline=lambda rows: {"success_rate": 100.0 * sum(r.success for r in rows) / len(rows),
+                                                  **category_accuracy(rows, "success")},
+                           data_hint="set ALFWORLD_DATA, or build games with `agentgym data "
                            "alfworld --generate N` / `--rebuild-trial DIR` (./setup.sh rebuilds the shared trial)")
 
     def tasks(self) -> list[dict[str, Any]]:

@@ -162,6 +162,22 @@ def parse_action(text: str, max_chars: int = MAX_ACTION_CHARS) -> tuple[str | No
     return None, ("No code found. Put Python code in a ```python fenced block, or call the `execute` tool.")
 
 
+def appworld_headline(rows) -> dict[str, float]:
+    """AppWorld's published numbers (%): task goal completion (TGC: tasks whose every test passes) and
+    scenario goal completion (SGC: scenarios, the task id before its last ``_N``, whose every task
+    passes), each for one sample per task (K samples: the mean over sample indices)."""
+    from collections import defaultdict
+    tgc, sgc = [], []
+    for member in sorted({r.member for r in rows}):
+        mine = [r for r in rows if r.member == member]
+        scenarios: dict[str, list[bool]] = defaultdict(list)
+        for r in mine:
+            scenarios[r.task_id.rsplit("_", 1)[0]].append(r.success)
+        tgc.append(100.0 * sum(r.success for r in mine) / len(mine))
+        sgc.append(100.0 * sum(all(v) for v in scenarios.values()) / len(scenarios))
+    return {"task_goal_completion": sum(tgc) / len(tgc), "scenario_goal_completion": sum(sgc) / len(sgc)}
+
+
 class AppWorldEnv(AgentEnv):
     """AppWorld tasks: agent code in an OS sandbox, apps and grader in their own processes (see the
     module docstring).
@@ -181,6 +197,7 @@ class AppWorldEnv(AgentEnv):
 
     default_max_steps: ClassVar[int] = 40
     defaults = EnvDefaults(train_kwargs={"split": "train"}, eval_kwargs={"split": "dev"}, max_new_tokens=384,
+                           category_field="difficulty", headline=lambda rows: appworld_headline(rows),
                            data_hint="run ./setup.sh (it builds the AppWorld virtualenv and the project's tasks), "
                                      "or set APPWORLD_ROOT to an official AppWorld root")
 

@@ -28,6 +28,7 @@ import json
 from typing import Any, Iterable
 
 from agentgym.envspec import EnvDefaults
+from agentgym.evaluation import category_accuracy
 from agentgym.env import AgentEnv, EnvReply, EnvReset
 from agentgym.parsing import DECODINGS, AutoToolCallParser, ToolCallParser
 from agentgym.types import Feedback, FeedbackKind, Message, ToolCall
@@ -57,6 +58,14 @@ def reference_call_list(payload: dict[str, Any]) -> str | None:
     return "[" + ", ".join(map(str, truth)) + "]" if isinstance(truth, list) and truth else None
 
 
+def multi_turn_headline(rows) -> dict[str, float]:
+    """BFCL's multi-turn numbers: accuracy (%) per category and their unweighted mean, as the official
+    ``calculate_unweighted_accuracy`` forms "Multi Turn Overall Acc" (which counts an unevaluated
+    category as 0 and shows N/A: ``categories_evaluated`` says how many of the four were)."""
+    per = category_accuracy(rows, "accuracy")
+    return {**per, "overall_accuracy": sum(per.values()) / len(per), "categories_evaluated": float(len(per))}
+
+
 class BFCLMultiTurnEnv(AgentEnv):
     """BFCL v3 multi-turn as a Gymnasium env (see the module docstring).
 
@@ -81,7 +90,8 @@ class BFCLMultiTurnEnv(AgentEnv):
     default_max_steps = 8 * (MAX_STEPS_PER_TURN + 1)  # 8 turns at most in BFCL v3
     # HINT-SD's 50/10/40 split; 20 steps per episode (the paper's BFCL setting).
     defaults = EnvDefaults(train_kwargs={"split": "train"}, eval_kwargs={"split": "eval"}, max_steps=20,
-                           max_new_tokens=256, reference_action=lambda payload: reference_call_list(payload))
+                           max_new_tokens=256, reference_action=lambda payload: reference_call_list(payload),
+                           category_field="category", headline=multi_turn_headline)
 
     def tasks(self) -> list[dict[str, Any]]:
         return [{"task_id": t} for t in self.task_ids]

@@ -23,6 +23,7 @@ import uuid
 from typing import Any, Iterable
 
 from agentgym.envspec import EnvDefaults
+from agentgym.evaluation import category_accuracy
 from agentgym.env import AgentEnv, EnvReply, EnvReset
 from agentgym.parsing import AutoToolCallParser, ToolCallParser
 from agentgym.types import Feedback, FeedbackKind, Message
@@ -98,7 +99,9 @@ class BFCLSingleTurnEnv(AgentEnv):
     """
 
     default_max_steps = 1
-    defaults = EnvDefaults(max_new_tokens=256)  # one category pool: evaluation tasks are held out of it
+    # One category pool: evaluation tasks are held out of it. Headline: BFCL's AST accuracy (%) per category.
+    defaults = EnvDefaults(max_new_tokens=256, category_field="category",
+                           headline=lambda rows: category_accuracy(rows, "accuracy"))
 
     def tasks(self) -> list[dict[str, Any]]:
         return [{"task_id": t} for t in self.ids]

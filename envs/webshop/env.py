@@ -78,6 +78,13 @@ def page_diff(before: str, after: str, max_lines: int = MAX_DIFF_LINES) -> tuple
     return "\n".join(lines), added, removed
 
 
+def webshop_headline(rows) -> dict[str, float]:
+    """WebShop's published numbers: score = mean purchase reward x 100, and success rate (%) =
+    episodes with reward 1."""
+    return {"score": 100.0 * sum(r.reward for r in rows) / len(rows),
+            "success_rate": 100.0 * sum(r.reward >= 1.0 for r in rows) / len(rows)}
+
+
 class WebShopEnv(AgentEnv):
     """WebShop on a catalogue directory (see the module docstring).
 
@@ -90,7 +97,8 @@ class WebShopEnv(AgentEnv):
 
     default_max_steps = 15
     RESET_OPTIONS = ("goal_index", "asin")
-    defaults = EnvDefaults(max_new_tokens=64, data_hint="set WEBSHOP_DATA to a WebShop data folder "
+    defaults = EnvDefaults(max_new_tokens=64, category_field="category", headline=lambda rows: webshop_headline(rows),
+                           data_hint="set WEBSHOP_DATA to a WebShop data folder "
                            "(or run `agentgym data webshop`), or pass --env.kwargs '{\"data_dir\": ...}'")
 
     def tasks(self) -> list[dict[str, Any]]:
@@ -106,6 +114,7 @@ class WebShopEnv(AgentEnv):
         self.shop: Shop = get_shop(data_dir, goals=goals, num_products=num_products,
                                    show_attrs=show_attrs, price_seed=price_seed, goal_seed=goal_seed)
         self._cum_weights = np.cumsum(self.shop.weights)
+        self.goal_kind = goals
         self.goal: dict[str, Any] = {}
         self.goal_index = -1
         self.browser: Browser | None = None
@@ -138,7 +147,8 @@ class WebShopEnv(AgentEnv):
         self.reference = build_reference(self.shop, self.goal)
         self._page = self.browser.render()
         task = {"id": f"webshop-{self.goal_index}", "goal_index": self.goal_index,
-                "instruction": self.goal["instruction_text"]}
+                "instruction": self.goal["instruction_text"], "category": self.goal.get("category"),
+                "goals": self.goal_kind}
         info = {**self._page_info(), "reference": self.reference.as_payload(self.browser.state)}
         return EnvReset(messages=[Message(role="system", content=SYSTEM_PROMPT),
                                   Message(role="user", content=self._page)],
