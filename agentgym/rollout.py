@@ -86,11 +86,17 @@ class RolloutStats:
     env_seconds: float = 0.0
     total_seconds: float = 0.0
     env_errors: int = 0
+    workers: int = 0  # env worker processes (0: envs stepped in this process)
+    env_wait_seconds: float = 0.0  # with workers: time the loop waited for env replies, nothing to generate
+    worker_respawns: int = 0
 
     @property
     def overhead_seconds(self) -> float:
-        """Time spent in the framework itself: neither generating nor stepping envs."""
-        return max(0.0, self.total_seconds - self.policy_seconds - self.env_seconds)
+        """Time spent in the framework itself: neither generating nor stepping envs (with workers:
+        nor waiting for them; ``env_seconds`` then sums the workers' own env time, which overlaps
+        generation)."""
+        env = self.env_wait_seconds if self.workers else self.env_seconds
+        return max(0.0, self.total_seconds - self.policy_seconds - env)
 
 
 @dataclass
@@ -108,6 +114,8 @@ class _Episode:
     task: dict[str, Any] = field(default_factory=dict)
     prompt_ids: list[int] | None = None
     steps: list[Step] = field(default_factory=list)
+    worker: int | None = None  # the env worker holding this episode's env (pool runs)
+    gen: Any = None  # the generation whose env step is in flight (pool runs)
 
     @property
     def key(self) -> str:
@@ -115,13 +123,21 @@ class _Episode:
 
 
 class RolloutRunner:
-    """Runs episodes; ``run()`` returns the trajectories sorted by (task, member)."""
+    """Runs episodes; ``run()`` returns the trajectories sorted by (task, member).
+
+    ``workers``: 0 (default) steps the envs in this process, one generation batch then one env step
+    per live episode; N > 0 runs them in N spawned env worker processes (``agentgym.envpool``; an
+    ``EnvPool`` may be given instead, and is then left open), generation overlapping the env steps of
+    other episodes. The trajectories are the same either way for a seeded policy (request seeds
+    never depend on batching); a dead worker's episodes are truncated with the cause.
+    """
 
     def __init__(self, policy: Any, env_id: str, tasks: Sequence[dict[str, Any] | None] | int, *,
                  group_size: int = 1, sampling: Any = None, env_kwargs: dict[str, Any] | None = None,
                  seed: int = 0, max_steps: int | None = None, max_episode_seconds: float | None = None,
                  max_concurrent: int = 64, store: str | Path | TrajectoryStore | None = None,
-                 resume: bool = False, progress: bool = True, run_id: str | None = None):
+                 resume: bool = False, progress: bool = True, run_id: str | None = None,
+                 workers: "int | Any" = 0):
         if isinstance(tasks, int):
             tasks = [None] * tasks
         if group_size < 1:
@@ -149,6 +165,15 @@ class RolloutRunner:
         self._idle_envs: list[Any] = []
         self._token_level = bool(getattr(policy, "token_level", False))
         self._takes_seeds = takes_seeds(policy)
+        from agentgym.envpool import EnvPool
+        if not isinstance(workers, EnvPool) and (isinstance(workers, bool) or not isinstance(workers, int)
+                                                 or workers < 0):
+            raise ValueError(f"workers must be an int >= 0 or an EnvPool, got {workers!r}")
+        if isinstance(workers, EnvPool) and workers.env_id != env_id:
+            raise ValueError(f"the env pool runs {workers.env_id!r}, not {env_id!r}")
+        self.workers = workers  # 0: envs step in this process; N: an EnvPool of N processes
+        self.pool: EnvPool | None = None
+        self.stats.workers = len(workers) if isinstance(workers, EnvPool) else workers
 
     # ------------------------------------------------------------------ episode lifecycle
     def _start(self, ep: _Episode) -> Trajectory | None:
@@ -157,35 +182,48 @@ class RolloutRunner:
         try:
             ep.env = self._idle_envs.pop() if self._idle_envs else gym.make(self.env_id, **self.env_kwargs)
             _, info = ep.env.reset(seed=ep.seed, options=dict(ep.options))
+        except Exception as exc:  # an env (or its data) failed: record it, go on
+            self.stats.env_seconds += time.perf_counter() - t0
+            return self._fail(ep, exc, RESET)
+        self.stats.env_seconds += time.perf_counter() - t0
+        return self._begin(ep, info)
+
+    def _begin(self, ep: _Episode, info: dict[str, Any]) -> Trajectory | None:
+        """The episode's first context from its env's reset info."""
+        try:
             ep.messages = [m if isinstance(m, Message) else Message(**m) for m in info["messages"]]
             ep.history = list(ep.messages)
             ep.tools = list(info.get("tools") or [])
             ep.task = dict(info.get("task") or {})
             if self._token_level:
                 ep.prompt_ids = self.policy.renderer.prompt_ids(ep.messages, ep.tools or None)
-        except Exception as exc:  # an env (or its data) failed: record it, go on
+        except Exception as exc:  # an env whose reset info cannot be used, or a template that fails
             return self._fail(ep, exc, RESET)
-        finally:
-            self.stats.env_seconds += time.perf_counter() - t0
         return None
 
     def _fail(self, ep: _Episode, exc: BaseException, where: str) -> Trajectory:
         self.stats.env_errors += 1
+        if self.pool is not None:
+            self.pool.close_env(ep.key)  # a no-op when the worker already dropped it (or died)
+            ep.env = None
         if ep.env is not None:
             try:
                 ep.env.close()
             except Exception:  # closing a broken env must not stop the run either
                 pass
             ep.env = None
-        error = f"{where}: {type(exc).__name__}: {exc}"
-        return self._finish(ep, terminated=False, truncated=True, error=error,
-                            detail="".join(traceback.format_exception(exc, limit=-3)))
+        # An env that failed inside a worker comes back by name, message and traceback.
+        error = f"{where}: {getattr(exc, 'type_name', type(exc).__name__)}: {exc}"
+        detail = getattr(exc, "remote_traceback", None) or "".join(traceback.format_exception(exc, limit=-3))
+        return self._finish(ep, terminated=False, truncated=True, error=error, detail=detail)
 
     def _finish(self, ep: _Episode, *, terminated: bool, truncated: bool, error: str | None = None,
                 detail: str | None = None) -> Trajectory:
-        if ep.env is not None:
+        if self.pool is not None:
+            self.pool.release(ep.key)  # the worker keeps the env for its next episode
+        elif ep.env is not None:
             self._idle_envs.append(ep.env)  # healthy envs are reused (reset() starts them afresh)
-            ep.env = None
+        ep.env = None
         final = sum(s.reward for s in ep.steps)
         last_info = ep.steps[-1].info if ep.steps else {}
         success = bool(last_info["success"]) if isinstance(last_info.get("success"), bool) else final >= 1.0
@@ -194,6 +232,8 @@ class RolloutRunner:
                 "seconds": round(time.perf_counter() - ep.started, 6)}
         if detail:
             meta["traceback"] = detail
+        if self.pool is not None and ep.worker is not None:
+            meta["env_worker"] = ep.worker
         traj = Trajectory(task_id=str(ep.task.get("id") or ep.options.get("task_id") or f"task-{ep.task_index}"),
                           group_id=ep.group_id, env_id=self.env_id, messages=ep.messages, steps=ep.steps,
                           final_reward=final, success=success and error is None, terminated=terminated,
@@ -205,16 +245,24 @@ class RolloutRunner:
         return traj
 
     def _step(self, ep: _Episode, gen: Any) -> Trajectory | None:
-        index = len(ep.steps)
         t0 = time.perf_counter()
         try:
-            obs, reward, terminated, truncated, info = ep.env.step(gen.text)
+            result = ep.env.step(gen.text)
         except Exception as exc:
             self.stats.env_seconds += time.perf_counter() - t0
-            ep.steps.append(self._record(ep, index, gen, "", [], [], 0.0, False, True,
-                                         {"error": f"{type(exc).__name__}: {exc}"}))
-            return self._fail(ep, exc, f"step {index}")
+            return self._step_failed(ep, gen, exc)
         self.stats.env_seconds += time.perf_counter() - t0
+        return self._after_step(ep, gen, result)
+
+    def _step_failed(self, ep: _Episode, gen: Any, exc: BaseException) -> Trajectory:
+        index = len(ep.steps)
+        name = getattr(exc, "type_name", type(exc).__name__)
+        ep.steps.append(self._record(ep, index, gen, "", [], [], 0.0, False, True, {"error": f"{name}: {exc}"}))
+        return self._fail(ep, exc, f"step {index}")
+
+    def _after_step(self, ep: _Episode, gen: Any, result: tuple) -> Trajectory | None:
+        index = len(ep.steps)
+        obs, reward, terminated, truncated, info = result
         self.stats.steps += 1
         new = [m if isinstance(m, Message) else Message(**m) for m in info.get("new_messages", [])]
         feedback = [f if isinstance(f, Feedback) else Feedback(**f) for f in info.get("feedback", [])]
@@ -270,57 +318,151 @@ class RolloutRunner:
         live: list[_Episode] = []
         bar = tqdm(total=len(pending), disable=not self.progress, desc=self.env_id, unit="ep")
         try:
-            while pending or live:
-                while pending and len(live) < self.max_concurrent:
-                    ep = pending.popleft()
-                    failed = self._start(ep)
-                    if failed is not None:
-                        done.append(failed)
-                        bar.update(1)
-                    else:
-                        live.append(ep)
-                if not live:
-                    continue
-                now = time.perf_counter()
-                if self.max_episode_seconds is not None:
-                    for ep in [e for e in live if now - e.started > self.max_episode_seconds]:
-                        live.remove(ep)
-                        done.append(self._finish(ep, terminated=False, truncated=True,
-                                                 error=f"time limit: episode ran {now - ep.started:.1f}s "
-                                                       f"> max_episode_seconds={self.max_episode_seconds}"))
-                        bar.update(1)
-                    if not live:
-                        continue
-                t0 = time.perf_counter()
-                extra = {"seeds": [self._request_seed(ep) for ep in live]} if self._takes_seeds else {}
-                gens = self.policy.generate(
-                    [ep.history for ep in live], [ep.tools or None for ep in live], self.sampling,
-                    prompt_ids=[ep.prompt_ids for ep in live] if self._token_level else None, **extra)
-                self.stats.policy_seconds += time.perf_counter() - t0
-                self.stats.generate_calls += 1
-                still = []
-                for ep, gen in zip(live, gens, strict=True):
-                    finished = self._step(ep, gen)
-                    if finished is None:
-                        still.append(ep)
-                    else:
-                        done.append(finished)
-                        bar.update(1)
-                live = still
-                if done:
-                    bar.set_postfix(live=len(live), reward=f"{sum(t.final_reward for t in done) / len(done):.3f}")
+            if self.workers:
+                self._run_pool(pending, done, live, bar)
+            else:
+                self._run_local(pending, done, live, bar)
         finally:
             bar.close()
             for ep in live:  # the run is being aborted: release envs of in-flight episodes
-                if ep.env is not None:
+                if self.pool is not None:
+                    self.pool.close_env(ep.key)
+                elif ep.env is not None:
                     ep.env.close()
             for env in self._idle_envs:
                 env.close()
             self._idle_envs.clear()
+            if self.pool is not None:
+                self.stats.worker_respawns += self.pool.respawns
+                if self.pool is not self.workers:  # a pool given by the caller stays open
+                    self.pool.close()
+                self.pool = None
             if self._own_store:
                 self.store.close()
             self.stats.total_seconds += time.perf_counter() - started
         return sorted(done, key=lambda t: (t.task_index, t.member))
+
+    def _generate(self, eps: list[_Episode]) -> list[Any]:
+        t0 = time.perf_counter()
+        extra = {"seeds": [self._request_seed(ep) for ep in eps]} if self._takes_seeds else {}
+        gens = self.policy.generate(
+            [ep.history for ep in eps], [ep.tools or None for ep in eps], self.sampling,
+            prompt_ids=[ep.prompt_ids for ep in eps] if self._token_level else None, **extra)
+        self.stats.policy_seconds += time.perf_counter() - t0
+        self.stats.generate_calls += 1
+        if len(gens) != len(eps):
+            raise ValueError(f"policy {getattr(self.policy, 'name', self.policy)!r} returned {len(gens)} "
+                             f"generations for {len(eps)} conversations")
+        return gens
+
+    def _timed_out(self, live: list[_Episode], done: list[Trajectory], bar: Any) -> None:
+        """Finish the episodes of ``live`` past ``max_episode_seconds`` (removed from ``live``)."""
+        if self.max_episode_seconds is None:
+            return
+        now = time.perf_counter()
+        for ep in [e for e in live if now - e.started > self.max_episode_seconds]:
+            live.remove(ep)
+            done.append(self._finish(ep, terminated=False, truncated=True,
+                                     error=f"time limit: episode ran {now - ep.started:.1f}s "
+                                           f"> max_episode_seconds={self.max_episode_seconds}"))
+            bar.update(1)
+
+    def _postfix(self, bar: Any, done: list[Trajectory], live: int) -> None:
+        if done:
+            bar.set_postfix(live=live, reward=f"{sum(t.final_reward for t in done) / len(done):.3f}")
+
+    def _run_local(self, pending: deque, done: list[Trajectory], live: list[_Episode], bar: Any) -> None:
+        """Envs in this process: generate for every live episode, then step each."""
+        while pending or live:
+            while pending and len(live) < self.max_concurrent:
+                ep = pending.popleft()
+                failed = self._start(ep)
+                if failed is not None:
+                    done.append(failed)
+                    bar.update(1)
+                else:
+                    live.append(ep)
+            if not live:
+                continue
+            self._timed_out(live, done, bar)
+            if not live:
+                continue
+            gens = self._generate(live)
+            still = []
+            for ep, gen in zip(live, gens, strict=True):
+                finished = self._step(ep, gen)
+                if finished is None:
+                    still.append(ep)
+                else:
+                    done.append(finished)
+                    bar.update(1)
+            live[:] = still
+            self._postfix(bar, done, len(live))
+
+    def _run_pool(self, pending: deque, done: list[Trajectory], live: list[_Episode], bar: Any) -> None:
+        """Envs in worker processes. Resets and steps are sent without waiting; the loop generates
+        for every episode whose env has replied while the others step, so generation and env steps
+        overlap (a slow policy gets large batches: replies pile up while it generates)."""
+        from agentgym.envpool import EnvPool
+        self.pool = self.workers if isinstance(self.workers, EnvPool) else EnvPool(
+            self.env_id, self.env_kwargs, self.workers)
+        by_key: dict[str, _Episode] = {}
+        ready: list[_Episode] = []  # env replied: waiting for the policy
+
+        def end(ep: _Episode, traj: Trajectory) -> None:
+            by_key.pop(ep.key, None)
+            live.remove(ep)
+            if ep in ready:
+                ready.remove(ep)
+            done.append(traj)
+            bar.update(1)
+
+        while pending or live:
+            while pending and len(live) < self.max_concurrent:
+                ep = pending.popleft()
+                ep.started = time.perf_counter()
+                by_key[ep.key] = ep
+                live.append(ep)
+                self.pool.reset(ep.key, ep.seed, dict(ep.options))
+                ep.worker = self.pool.worker_of(ep.key)
+            t0 = time.perf_counter()
+            events = self.pool.poll(timeout=0 if ready else None)
+            if not ready:
+                self.stats.env_wait_seconds += time.perf_counter() - t0
+            for event in events:
+                ep = by_key.get(event.key)
+                if ep is None:
+                    continue
+                self.stats.env_seconds += event.seconds
+                if event.op == "reset":
+                    failed = self._begin(ep, event.value[1]) if event.ok else self._fail(ep, event.value, RESET)
+                elif event.ok:
+                    failed = self._after_step(ep, ep.gen, event.value)
+                elif ep.gen is not None:
+                    failed = self._step_failed(ep, ep.gen, event.value)
+                else:  # its worker died while the episode waited for the policy
+                    failed = self._fail(ep, event.value, f"step {len(ep.steps)}")
+                ep.gen = None
+                if failed is not None:
+                    end(ep, failed)
+                elif ep not in ready:
+                    ready.append(ep)
+            waiting = [ep for ep in ready]
+            self._timed_out(waiting, done, bar)
+            for ep in [e for e in ready if e not in waiting]:  # finished by the time limit
+                by_key.pop(ep.key, None)
+                live.remove(ep)
+                ready.remove(ep)
+            if not ready:
+                continue
+            batch, ready[:] = list(ready), []
+            gens = self._generate(batch)
+            for ep, gen in zip(batch, gens, strict=True):
+                if ep.key not in by_key:
+                    continue
+                ep.gen = gen
+                self.pool.step(ep.key, gen.text)
+            self._postfix(bar, done, len(live))
 
 
 def rollout(policy: Any, env_id: str, tasks: Sequence[dict[str, Any] | None] | int, **kwargs: Any) -> list[Trajectory]:

@@ -383,7 +383,8 @@ class Trainer:
                                sampling=self.sampling(update, phase), env_kwargs=env_kwargs, seed=seed,
                                max_steps=self.config.env.max_steps,
                                progress=self.config.train.progress and self.is_main,
-                               run_id=f"{phase}-{update}-r{self.rank}")
+                               run_id=f"{phase}-{update}-r{self.rank}",
+                               workers=getattr(self.config.env, "workers", 0))
         trajs = runner.run()
         self._check_resets(trajs, update, phase)
         return trajs

@@ -1,0 +1,131 @@
+"""Env worker pools: the same trajectories as in-process, a killed worker truncates only its own
+episodes (with the cause) and is respawned, env errors inside a worker read as they do in-process."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import gymnasium as gym
+import pytest
+
+import agentgym  # noqa: F401  (registers the envs)
+from agentgym.agents.scripted import ScriptedPolicy
+from agentgym.config import ConfigError, load_config
+from agentgym.env import EchoEnv
+from agentgym.envpool import EnvPool
+from agentgym.rollout import RolloutRunner, rollout
+
+WORDS = list(EchoEnv.WORDS)
+
+
+class RaisingEnv(EchoEnv):
+    """Echo whose step raises for 'ember' and whose reset raises for 'stone'."""
+
+    def _reset(self, options):
+        if options.get("word") == "stone":
+            raise OSError("disk on fire")
+        return super()._reset(options)
+
+    def _step(self, action):
+        if self._word == "ember":
+            raise RuntimeError("backend crashed")
+        return super()._step(action)
+
+
+if "agentgym-test/PoolRaising-v0" not in gym.registry:
+    # A string entry point: the spawned workers import this module to build the env.
+    gym.register(id="agentgym-test/PoolRaising-v0", entry_point="tests.core.test_envpool:RaisingEnv",
+                 disable_env_checker=True)
+
+
+def third_turn_right(conv):
+    """Wrong twice, right on the third turn, except for 'apple' (right at once): 1-3 step episodes."""
+    word = conv[1 if conv[0]["role"] == "system" else 0]["content"].split()[-1]
+    turn = sum(1 for m in conv if m["role"] == "assistant")
+    return word if word == "apple" or turn == 2 else f"not {word} ({turn})"
+
+
+def comparable(traj):
+    data = traj.model_dump(mode="json")
+    data["run_id"] = data["group_id"] = None
+    for key in ("seconds", "env_worker", "policy"):
+        data["metadata"].pop(key, None)
+    return data
+
+
+def test_workers_give_the_same_trajectories_as_in_process():
+    tasks = [{"word": w} for w in WORDS]
+    results = {}
+    for workers in (0, 1, 2):
+        runner = RolloutRunner(ScriptedPolicy(third_turn_right), "agentgym/Echo-v0", tasks, group_size=2,
+                               max_concurrent=5, progress=False, run_id="same", workers=workers)
+        trajs = runner.run()
+        results[workers] = [comparable(t) for t in trajs]
+        assert runner.stats.workers == workers and runner.stats.steps == sum(t.num_steps for t in trajs)
+        if workers:
+            assert {t.metadata["env_worker"] for t in trajs} == set(range(workers))
+    assert results[0] == results[1] == results[2]
+    assert [t["num_steps"] if "num_steps" in t else len(t["steps"]) for t in results[2][:2]] == [1, 1]  # apple
+    assert all(len(t["steps"]) == 3 and t["success"] for t in results[2][2:])
+
+
+def test_a_killed_worker_truncates_its_episodes_with_the_cause_and_is_respawned():
+    killed = {}
+
+    def script(conv):
+        word = conv[0]["content"].split()[-1]
+        turn = sum(1 for m in conv if m["role"] == "assistant")
+        if word == "river" and turn == 1 and not killed:  # mid-episode: kill the worker holding it
+            index = runner.pool.worker_of("1:0")
+            killed.update(index=index, pid=runner.pool.workers[index].pid)
+            os.kill(killed["pid"], signal.SIGKILL)
+        return word if turn == 2 else "wrong"
+
+    tasks = [{"word": w} for w in WORDS]
+    runner = RolloutRunner(ScriptedPolicy(script), "agentgym/Echo-v0", tasks, max_concurrent=4,
+                           progress=False, workers=2)
+    trajs = runner.run()
+    assert len(trajs) == len(WORDS) and killed
+    failed = [t for t in trajs if t.error]
+    assert "echo-river" in {t.task_id for t in failed}
+    for t in failed:  # only episodes of the dead worker, each naming the cause
+        assert t.truncated and not t.success and t.metadata["env_worker"] == killed["index"]
+        assert f"env worker {killed['index']} (pid {killed['pid']}) died: killed by signal SIGKILL" in t.error
+        assert t.error.startswith("step ")
+    ok = [t for t in trajs if not t.error]
+    assert len(ok) >= len(WORDS) - 2 and all(t.success and len(t.steps) == 3 for t in ok)
+    # Later episodes ran on the respawned worker in the dead one's slot.
+    assert any(t.metadata["env_worker"] == killed["index"] for t in ok)
+    assert runner.stats.worker_respawns == 1
+
+
+def test_env_errors_inside_workers_read_as_in_process():
+    tasks = [{"word": w} for w in ("apple", "stone", "ember", "river")]
+    by_workers = {}
+    for workers in (0, 2):
+        trajs = rollout(ScriptedPolicy(third_turn_right), "agentgym-test/PoolRaising-v0", tasks,
+                        progress=False, workers=workers)
+        by_workers[workers] = [(t.error, t.truncated, t.success, len(t.steps)) for t in trajs]
+    assert by_workers[0] == by_workers[2]
+    assert by_workers[2][1][0] == "reset: OSError: disk on fire"
+    assert by_workers[2][2][0].startswith("step 0: Step failed: RuntimeError: backend crashed")
+    assert by_workers[2][0][2] and by_workers[2][3][2]
+
+
+def test_a_given_pool_serves_several_runs_and_stays_open():
+    with EnvPool("agentgym/Echo-v0", workers=1) as pool:
+        for _ in range(2):
+            trajs = rollout(ScriptedPolicy(third_turn_right), "agentgym/Echo-v0", [{"word": "apple"}],
+                            progress=False, workers=pool)
+            assert trajs[0].success
+        assert not pool.closed and pool.workers[0].process.is_alive()
+    assert pool.closed and not pool.workers[0].process.is_alive()
+
+
+def test_bad_worker_settings_are_clear_errors():
+    with pytest.raises(ValueError, match="workers must be an int >= 0"):
+        RolloutRunner(ScriptedPolicy(third_turn_right), "agentgym/Echo-v0", 1, workers=-1)
+    with pytest.raises(ConfigError, match="env.workers"):
+        load_config(["--env.workers", "-2"])
+    assert load_config(["--env.workers", "3"]).env.workers == 3
