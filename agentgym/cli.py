@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "view": ("agentgym.report:view_main", "write an HTML view of a trajectories .jsonl file"),
     "envs": ("agentgym.cli:list_envs", "list the registered environments"),
     "data": ("agentgym.cli:data", "build or fetch benchmark data: agentgym data {webshop,alfworld,appworld} ..."),
+    "serve": ("agentgym.serve:main", "serve an env as an OpenEnv server: agentgym serve ENV_ID [--port P] [--max-sessions N]"),
 }
 
 DATA_COMMANDS: dict[str, str] = {

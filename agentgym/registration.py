@@ -30,6 +30,7 @@ ENVIRONMENTS: dict[str, tuple[str, dict[str, Any]]] = {
     "WebShop-v0": ("agentgym.envs.webshop.env:WebShopEnv", {}),
     "ALFWorld-v0": ("agentgym.envs.alfworld.env:ALFWorldEnv", {}),
     "AppWorld-v0": ("agentgym.envs.appworld.env:AppWorldEnv", {}),
+    "Remote-v0": ("agentgym.integrations.openenv_client:RemoteEnv", {}),  # url=: an `agentgym serve` server
 }
 
 

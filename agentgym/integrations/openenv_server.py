@@ -1,0 +1,337 @@
+"""Any registered agentgym env as an OpenEnv server (``openenv-core``): ``agentgym serve ENV_ID``.
+
+Every WebSocket session (``/ws``, what OpenEnv's ``EnvClient`` / ``GenericEnvClient`` /
+``MCPToolClient`` speak) gets its own env instance, built by ``gymnasium.make`` for that session
+and closed when it ends: sessions share no state. At most ``max_sessions`` run at once (one more
+is refused with OpenEnv's ``CAPACITY_REACHED`` error), idle sessions are closed after
+``session_timeout_s``, and shutting the server down closes every env still open.
+
+The wire format (``reset`` / ``step`` / ``state`` messages of the OpenEnv protocol):
+
+- ``reset`` data: ``{"seed": int, "options": {...}}`` (the env's reset options, e.g.
+  ``{"task_id": "multi_turn_base_0"}``); an unknown key is an error response naming it.
+- ``step`` data, one ``AgentAction``:
+    - text style (every env; the native action of ALFWorld and WebShop, and how a BFCL turn ends):
+      ``{"type": "text", "text": "click[Buy Now]"}``, the raw model text the env parses itself;
+    - tool style (envs that declare tools: BFCL, AppWorld, WebShop), OpenEnv's MCP action types:
+      ``{"type": "list_tools"}`` answers the env's current tools as MCP ``Tool`` records (name,
+      description, ``input_schema`` = the env's JSON schema); ``{"type": "call_tool", "tool_name":
+      ..., "arguments": {...}}`` (or several calls in ``"tool_calls": [{"name", "arguments"}]``) is
+      one env step: the calls are written as ``<tool_call>`` JSON, which every agentgym env parses
+      with its own parser (never evaluated), so a bad call is an observation with error feedback.
+- the observation (``AgentObservation``): ``text``, the new ``messages``, the ``assistant``
+  message as the env recorded the action, ``feedback`` (the step's typed ``Feedback`` records,
+  ``Feedback.model_dump(mode="json")``), ``tool_schemas`` (OpenAI-style, as ``info["tools"]``),
+  ``terminated`` / ``truncated``, ``task`` (reset), ``info`` (the env's other JSON-safe info), and
+  OpenEnv's ``reward`` / ``done``. A ``call_tool`` answer also has ``tool_name`` and ``result`` (the
+  observation text), which is what ``MCPToolClient.call_tool`` returns.
+
+The feedback records are also in the observation's ``metadata["feedback"]``, for code that uses the
+``Environment`` in-process; openenv-core 0.3.0's ``serialize_observation`` drops ``metadata`` from
+the wire (huggingface/OpenEnv#616), which is why they travel as the ``feedback`` field as well.
+
+HTTP ``POST /reset`` and ``/step`` are OpenEnv's stateless endpoints (a fresh env per request):
+use the WebSocket for episodes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+import uuid
+from typing import Any, Literal
+
+import gymnasium as gym
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from openenv.core.env_server.http_server import HTTPEnvServer
+from openenv.core.env_server.interfaces import Environment
+from openenv.core.env_server.mcp_types import ListToolsObservation, Tool
+from openenv.core.env_server.types import Action, ConcurrencyConfig, EnvironmentMetadata, Observation, State
+
+from agentgym.envspec import check_env_id
+from agentgym.types import Feedback, Message, json_safe
+
+__all__ = ["AgentAction", "AgentObservation", "AgentToolObservation", "AgentState", "AgentGymEnvironment",
+           "make_app", "render_tool_calls", "MAX_TOOL_CALLS"]
+
+log = logging.getLogger(__name__)
+
+MAX_TOOL_CALLS = 64  # calls in one step; more is a validation error, not a long parse
+_STANDARD_INFO = {"feedback", "messages", "new_messages", "tools", "step", "task"}
+
+
+class ToolCallSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=256)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class AgentAction(Action):
+    """One step of an agentgym env over OpenEnv (see the module docstring)."""
+
+    type: Literal["text", "call_tool", "list_tools"] = Field("text", description="action kind")
+    text: str | None = Field(None, description="raw model text (type 'text')")
+    tool_name: str | None = Field(None, max_length=256, description="the tool (type 'call_tool')")
+    arguments: dict[str, Any] = Field(default_factory=dict, description="its arguments (type 'call_tool')")
+    tool_calls: list[ToolCallSpec] = Field(default_factory=list, max_length=MAX_TOOL_CALLS,
+                                           description="several calls in one step (type 'call_tool')")
+
+    @model_validator(mode="after")
+    def _fields_match_type(self) -> "AgentAction":
+        # PydanticCustomError, not ValueError: the error list must stay JSON (OpenEnv sends it back)
+        if self.type == "text":
+            if self.text is None or self.tool_name is not None or self.tool_calls:
+                raise PydanticCustomError("agent_action", "a 'text' action needs 'text' and no tool_name / tool_calls")
+        elif self.type == "call_tool":
+            if self.text is not None or (self.tool_name is None) == (not self.tool_calls):
+                raise PydanticCustomError("agent_action", "a 'call_tool' action needs exactly one of 'tool_name' "
+                                                          "or 'tool_calls', and no 'text'")
+        elif self.text is not None or self.tool_name is not None or self.tool_calls:
+            raise PydanticCustomError("agent_action", "a 'list_tools' action takes no text or calls")
+        return self
+
+
+class AgentObservation(Observation):
+    """What an agentgym env answered (see the module docstring)."""
+
+    text: str = ""
+    messages: list[dict[str, Any]] = Field(default_factory=list)
+    assistant: dict[str, Any] | None = None
+    feedback: list[dict[str, Any]] = Field(default_factory=list)
+    tool_schemas: list[dict[str, Any]] = Field(default_factory=list)
+    terminated: bool = False
+    truncated: bool = False
+    step: int | None = None
+    task: dict[str, Any] = Field(default_factory=dict)
+    info: dict[str, Any] = Field(default_factory=dict)
+
+
+class AgentToolObservation(AgentObservation):
+    """The answer to a ``call_tool`` action: also ``tool_name`` and ``result``, as OpenEnv's
+    ``CallToolObservation`` has them (``MCPToolClient`` reads those two)."""
+
+    tool_name: str
+    result: Any = None
+    error: dict[str, Any] | None = None
+
+
+class AgentState(State):
+    env_id: str = ""
+    task: dict[str, Any] = Field(default_factory=dict)
+    done: bool = True
+
+
+def render_tool_calls(calls: list[ToolCallSpec]) -> str:
+    """Tool calls as ``<tool_call>`` JSON blocks, the text every agentgym env's parser reads."""
+    return "\n".join("<tool_call>" + json.dumps({"name": c.name, "arguments": c.arguments}, ensure_ascii=False)
+                     + "</tool_call>" for c in calls)
+
+
+def mcp_tools(schemas: list[dict[str, Any]]) -> list[Tool]:
+    """OpenAI-style function schemas as MCP ``Tool`` records."""
+    out = []
+    for schema in schemas:
+        fn = schema.get("function", schema) if isinstance(schema, dict) else {}
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            continue
+        params = fn.get("parameters")
+        out.append(Tool(name=fn["name"], description=str(fn.get("description") or ""),
+                        input_schema=params if isinstance(params, dict) else {"type": "object", "properties": {}}))
+    return out
+
+
+def _dump_messages(messages: list[Any]) -> list[dict[str, Any]]:
+    return [m.model_dump(mode="json") if isinstance(m, Message) else json_safe(m) for m in messages]
+
+
+def _dump_feedback(records: list[Any]) -> list[dict[str, Any]]:
+    return [f.model_dump(mode="json") if isinstance(f, Feedback) else json_safe(f) for f in records]
+
+
+class _Open:
+    """The envs a server has open, so that shutdown closes the ones no session end closed."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._envs: dict[int, AgentGymEnvironment] = {}
+        self.created = 0
+
+    def add(self, env: "AgentGymEnvironment") -> None:
+        with self._lock:
+            self._envs[id(env)] = env
+            self.created += 1
+
+    def discard(self, env: "AgentGymEnvironment") -> None:
+        with self._lock:
+            self._envs.pop(id(env), None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._envs)
+
+    def close_all(self) -> int:
+        with self._lock:
+            envs = list(self._envs.values())
+        for env in envs:
+            env.close()
+        return len(envs)
+
+
+class AgentGymEnvironment(Environment):
+    """One session's env: ``gymnasium.make(env_id, **env_kwargs)`` behind OpenEnv's interface."""
+
+    SUPPORTS_CONCURRENT_SESSIONS = True  # one env instance per session, nothing shared
+
+    def __init__(self, env_id: str, env_kwargs: dict[str, Any] | None = None, open_envs: _Open | None = None):
+        super().__init__()
+        self.env_id = env_id
+        self.env = gym.make(env_id, **dict(env_kwargs or {}))
+        self._open = open_envs
+        self._closed = False
+        self._episode_id: str | None = None
+        self._done = True
+        self._steps = 0
+        if open_envs is not None:
+            open_envs.add(self)
+
+    @property
+    def _inner(self) -> Any:
+        return self.env.unwrapped
+
+    def reset(self, seed: int | None = None, episode_id: str | None = None, options: dict[str, Any] | None = None,
+              **unknown: Any) -> AgentObservation:
+        if unknown:
+            raise ValueError(f"unknown reset parameters {sorted(unknown)}; reset takes seed, episode_id, options")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        if options is not None and not isinstance(options, dict):
+            raise ValueError(f"options must be an object, got {type(options).__name__}")
+        self._done = True
+        text, info = self.env.reset(seed=seed, options=options)
+        self._episode_id = episode_id or uuid.uuid4().hex
+        self._done, self._steps = False, 0
+        messages = list(info.get("messages") or [])
+        extra = {k: v for k, v in info.items() if k not in _STANDARD_INFO}
+        return AgentObservation(
+            text=text, messages=_dump_messages(messages), tool_schemas=json_safe(list(info.get("tools") or [])),
+            task=json_safe(info.get("task") or {}), info=json_safe(extra), done=False, reward=None)
+
+    def step(self, action: AgentAction, timeout_s: float | None = None, **kwargs: Any) -> Observation:
+        if not isinstance(action, AgentAction):
+            raise TypeError(f"expected an AgentAction, got {type(action).__name__}")
+        if action.type == "list_tools":
+            return ListToolsObservation(tools=mcp_tools(list(getattr(self._inner, "tools", []) or [])))
+        if self._done:
+            raise RuntimeError("no episode in progress: send reset first (the last one ended, or none began)")
+        calls: list[ToolCallSpec] = []
+        if action.type == "call_tool":
+            calls = list(action.tool_calls) or [ToolCallSpec(name=action.tool_name, arguments=action.arguments)]
+            text = render_tool_calls(calls)
+        else:
+            text = action.text
+        obs, reward, terminated, truncated, info = self.env.step(text)
+        self._steps += 1
+        self._done = bool(terminated or truncated)
+        new = list(info.get("new_messages") or [])
+        history = list(info.get("messages") or [])
+        assistant = history[-len(new) - 1] if len(history) > len(new) else None
+        feedback = _dump_feedback(list(info.get("feedback") or []))
+        extra = {k: v for k, v in info.items() if k not in _STANDARD_INFO}
+        fields = dict(text=obs, messages=_dump_messages(new),
+                      assistant=assistant.model_dump(mode="json") if isinstance(assistant, Message) else None,
+                      feedback=feedback, tool_schemas=json_safe(list(info.get("tools") or [])),
+                      terminated=bool(terminated), truncated=bool(truncated), step=info.get("step"),
+                      info=json_safe(extra), reward=float(reward), done=self._done,
+                      metadata={"feedback": feedback})
+        if calls:
+            return AgentToolObservation(tool_name=calls[0].name, result=obs, **fields)
+        return AgentObservation(**fields)
+
+    @property
+    def state(self) -> AgentState:
+        return AgentState(episode_id=self._episode_id, step_count=self._steps, env_id=self.env_id,
+                          task=json_safe(getattr(self._inner, "task", {}) or {}), done=self._done)
+
+    def get_metadata(self) -> EnvironmentMetadata:
+        doc = (type(self._inner).__doc__ or "").strip().splitlines()
+        return EnvironmentMetadata(name=self.env_id, description=doc[0] if doc else self.env_id,
+                                   version=_version())
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._open is not None:
+            self._open.discard(self)
+        try:
+            self.env.close()
+        except Exception:  # noqa: BLE001 - closing is best effort; the session is over either way
+            log.warning("closing %s failed", self.env_id, exc_info=True)
+
+
+class _QuietDisconnect:
+    """openenv-core 0.3.0 closes a WebSocket the client already closed and lets starlette's
+    ``WebSocketDisconnect`` escape after the session was cleaned up: an ASGI traceback per normal
+    session end. This drops exactly that exception (WebSocket scopes only)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") != "websocket":
+            return await self.app(scope, receive, send)
+        from starlette.websockets import WebSocketDisconnect
+        try:
+            await self.app(scope, receive, send)
+        except WebSocketDisconnect:
+            pass
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("agentgym")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without an install
+        return "0"
+
+
+def make_app(env_id: str, *, env_kwargs: dict[str, Any] | None = None, max_sessions: int = 8,
+             session_timeout_s: float | None = 600.0) -> Any:
+    """The FastAPI app serving ``env_id`` (OpenEnv's routes: ``/ws``, ``/reset``, ``/step``,
+    ``/state``, ``/schema``, ``/metadata``, ``/health``). ``app.state.agentgym_open`` counts and
+    closes the envs still open; the app's shutdown closes them all."""
+    from fastapi import FastAPI
+
+    env_id = check_env_id(env_id)
+    if not isinstance(max_sessions, int) or isinstance(max_sessions, bool) or max_sessions < 1:
+        raise ValueError(f"max_sessions must be a positive int, got {max_sessions!r}")
+    open_envs = _Open()
+    factory = functools.partial(AgentGymEnvironment, env_id, dict(env_kwargs or {}), open_envs)
+    app = FastAPI(title=f"agentgym {env_id}", version=_version(),
+                  description=f"agentgym env {env_id} as an OpenEnv server (see agentgym.integrations.openenv_server)")
+    server = HTTPEnvServer(factory, AgentAction, AgentObservation, concurrency_config=ConcurrencyConfig(
+        max_concurrent_envs=max_sessions, session_timeout=session_timeout_s))
+    server.register_routes(app)
+
+    async def _close_open_envs() -> None:
+        closed = open_envs.close_all()
+        if closed:
+            log.info("closed %d env(s) still open at shutdown", closed)
+
+    app.router.on_shutdown.append(_close_open_envs)
+    app.add_middleware(_QuietDisconnect)
+
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Any, exc: RequestValidationError) -> Any:
+        # FastAPI's own handler fails (500) on a body that is not UTF-8: the errors hold its bytes
+        return JSONResponse(status_code=422, content={"detail": json_safe(exc.errors())})
+    app.state.agentgym_open = open_envs
+    app.state.agentgym_server = server
+    return app
