@@ -24,6 +24,14 @@ def test_every_env_trains_from_the_cli_with_its_own_defaults(env_id, tmp_path, m
     train, evals = metrics[1], [metrics[0], metrics[2]]
     assert train["reset_errors"] == 0 and train["episodes"] == 2
     assert all(m["episodes"] == 1 and m["episode_errors"] == 0 for m in evals)
+    from agentgym.envspec import env_defaults
+    declared = env_defaults(env_id)
+    for m in evals:  # the per-category counts add up, and the env's official numbers are there
+        assert sum(c["episodes"] for c in m["categories"].values()) == m["episodes"]
+        assert sum(c["successes"] for c in m["categories"].values()) == m["successes"]
+        assert (declared.category_field is None) == (set(m["categories"]) == {"all"}), m["categories"]
+        assert bool(m["headline"]) == (declared.headline is not None)
+        assert "pass@1" in m and m["pass@1"] == m["success_rate"]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["success_before"] is not None and summary["success_after"] is not None
     config = json.loads((run / "config.json").read_text())
