@@ -526,22 +526,23 @@ class Trainer:
             return
         from agentgym.runlog import append_record
         append_record(self.run_dir / "metrics.jsonl", json.dumps(record, default=float))
-        if self._tb is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k not in ("update", "time"):
-                    self._tb.add_scalar(f"{record['phase']}/{k}", v, record["update"])
-            self._tb.flush()
+        if self._tb is not None:  # the run's trackers (train.log_with): same names and numbers
+            self._tb.log(record)
 
     def _open_outputs(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.is_main:
             (self.run_dir / "config.json").write_text(json.dumps(self.config.model_dump(mode="json"), indent=2))
-            if self.config.train.tensorboard:
-                try:
-                    from torch.utils.tensorboard import SummaryWriter
-                    self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
-                except ImportError:
+            names = self.config.train.trackers
+            if self.config.train.log_with is None and names == ["tensorboard"]:
+                import importlib.util
+                if importlib.util.find_spec("tensorboard") is None:  # the default, not asked for by name
                     self.notes.append("tensorboard is not installed: metrics are in metrics.jsonl only")
+                    names = []
+            if names:
+                from agentgym.integrations.trackers import RunTrackers
+                self._tb = RunTrackers(self.accelerator, names, self.run_dir, self.config.train.tracker_project,
+                                       self.config.model_dump(mode="json"))
 
     def checkpoint(self, step: int) -> None:
         from agentgym.checkpoint import save_checkpoint
@@ -654,6 +655,7 @@ class Trainer:
                    "world_size": self.world, "device": str(self.accelerator.device),
                    "train_tasks": len(self.train_tasks), "eval_tasks": self.eval_tasks,
                    "reference_logprob_before": probe[0], "reference_logprob_after": probe[1],
+                   "learner_metrics": sorted(type(self.learner).metrics),
                    "effect": effect, "success_interval_before": _interval(evals[0]),
                    "success_interval_after": _interval(evals[1]), "notes": notes}
         if self.is_main:

@@ -71,6 +71,16 @@ def _seconds_per_step(run: RunData) -> str:
     return "; ".join(parts) or "n/a"
 
 
+def _effect_text(effect: Any) -> str:
+    """'before -> after (difference [95 % interval])' of a summary's ``effect``."""
+    if not isinstance(effect, dict) or not isinstance(effect.get("difference"), dict):
+        return "n/a"
+    d = effect["difference"]
+    interval = (f" [{_num(d.get('low'))}, {_num(d.get('high'))}]" if isinstance(d.get("low"), (int, float)) else "")
+    return (f"{_num(effect.get('before'))} → {_num(effect.get('after'))} (difference {_num(d.get('mean'))}{interval}, "
+            f"{_num(d.get('n'))} tasks)")
+
+
 def _summary_card(run: RunData) -> str:
     s, trajs = run.summary, run.trajs
     env = s.get("env_id") or next((t["env"] for t in trajs if t["env"]), "n/a")
@@ -82,6 +92,7 @@ def _summary_card(run: RunData) -> str:
         ("time", _seconds_per_step(run)),
         ("trajectories", f"{len(trajs)} ({n_ok} successful, {sum(1 for t in trajs if t['tgt'])} with learner targets)"),
         ("hindsight source", s.get("hindsight_source") or "n/a"),
+        ("held-out reference log-prob", _effect_text(s.get("effect"))),
         ("target spans", run.offsets),
         ("folder", run.path),
     ]
@@ -112,10 +123,14 @@ def render_page(runs: Sequence[RunData], *, title: str | None = None) -> str:
     if not runs:
         raise ValueError("render_page needs at least one run, got none")
     title = title or ("agentgym report: " + " vs ".join(r.name for r in runs))
-    charts = "".join(line_chart(m, metric_series([(r.name, r.metrics) for r in runs], m)) for m in CURVE_METRICS)
+    declared = [m for r in runs for m in (r.summary.get("learner_metrics") or []) if isinstance(m, str)]
+    shown = list(dict.fromkeys([*CURVE_METRICS, *declared]))  # the learners' declared metrics too
+    charts = "".join(line_chart(m, metric_series([(r.name, r.metrics) for r in runs], m)) for m in shown)
     has_metrics = any(r.metrics for r in runs)
     curves = (f'<section id="curves"><h2>Learning curves</h2><div class="charts">{charts}</div>'
-              '<p class="note">solid: training batches, dashed: evaluations; hover a point for its value.</p></section>'
+              '<p class="note">solid: training batches, dashed: evaluations on held-out tasks (shaded: their 95 % '
+              'interval over tasks); reference_logprob: mean log-prob of each held-out task\'s reference first '
+              'action; hover a point for its value.</p></section>'
               if has_metrics else "")
     compare = ('<section><h2>Side by side on the same tasks</h2><div id="compare"></div></section>'
                if len(runs) > 1 else "")

@@ -11,13 +11,15 @@ True
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html import escape
 from typing import Any, Sequence
 
-__all__ = ["Series", "line_chart", "metric_series", "CURVE_METRICS", "PALETTE"]
+__all__ = ["Series", "line_chart", "metric_series", "CURVE_METRICS", "BANDS", "PALETTE"]
 
-CURVE_METRICS = ("success_rate", "reward_mean", "loss", "distilled_token_fraction", "teacher_calls")
+CURVE_METRICS = ("success_rate", "reward_mean", "reference_logprob", "loss", "distilled_token_fraction", "teacher_calls")
+# Evaluation records carry a 95 % interval (over tasks) for these: drawn as a band around the curve.
+BANDS = {"success_rate": ("success_low", "success_high"), "reward_mean": ("reward_low", "reward_high")}
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 
@@ -27,6 +29,7 @@ class Series:
     points: list[tuple[float, float]]
     color: str = PALETTE[0]
     dashed: bool = False
+    band: list[tuple[float, float, float]] = field(default_factory=list)  # (x, low, high)
 
 
 def _fmt(v: float) -> str:
@@ -50,7 +53,7 @@ def _ticks(lo: float, hi: float, n: int = 4) -> list[float]:
 def line_chart(title: str, series: Sequence[Series], *, width: int = 340, height: int = 190) -> str:
     """One chart: x = policy update, y = the metric; a point per logged value with a tooltip."""
     left, right, top, bottom = 46, 10, 24, 30
-    pts = [p for s in series for p in s.points]
+    pts = [p for s in series for p in s.points] + [(x, y) for s in series for x, lo, hi in s.band for y in (lo, hi)]
     head = (f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" height="{height}" '
             f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">'
             f'<text x="{left}" y="15" class="ct">{escape(title)}</text>')
@@ -82,6 +85,12 @@ def line_chart(title: str, series: Sequence[Series], *, width: int = 340, height
         if abs(t - round(t)) < 1e-9:
             parts.append(f'<text x="{sx(t):.1f}" y="{top + ph + 13}" text-anchor="middle" class="tk">{int(round(t))}</text>')
     parts.append(f'<text x="{left + pw / 2}" y="{height - 3}" text-anchor="middle" class="tk">update</text>')
+    for s in series:  # bands first, under every line
+        if s.band:
+            ring = [(x, hi) for x, _, hi in s.band] + [(x, lo) for x, lo, _ in reversed(s.band)]
+            parts.append('<polygon points="' + " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in ring) +
+                         f'" fill="{s.color}" fill-opacity="0.15" stroke="none" class="band">'
+                         f'<title>{escape(s.label)}: 95 % interval</title></polygon>')
     for s in series:
         if not s.points:
             continue
@@ -102,6 +111,10 @@ def line_chart(title: str, series: Sequence[Series], *, width: int = 340, height
     return "".join(parts)
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
 def metric_series(runs: Sequence[tuple[str, list[dict[str, Any]]]], metric: str) -> list[Series]:
     """One series per (run, phase) that logged ``metric`` as a number, ordered by update."""
     out = []
@@ -113,5 +126,9 @@ def metric_series(runs: Sequence[tuple[str, list[dict[str, Any]]]], metric: str)
                          and math.isfinite(float(row[metric])))
             if pts:
                 label = f"{name} {phase}" if len(runs) > 1 else phase
-                out.append(Series(label, pts, PALETTE[r % len(PALETTE)], dashed=phase == "eval"))
+                low, high = BANDS.get(metric, ("", ""))
+                band = sorted((float(row["update"]), float(row[low]), float(row[high])) for row in rows
+                              if phase == "eval" and row.get("phase") == phase and _number(row.get("update"))
+                              and _number(row.get(low)) and _number(row.get(high)))
+                out.append(Series(label, pts, PALETTE[r % len(PALETTE)], dashed=phase == "eval", band=band))
     return out

@@ -150,3 +150,30 @@ def test_chart_escapes_labels_and_shows_missing_metrics():
     svg = line_chart("<loss>", [Series("<b>run</b>", [(0, 1.0), (1, float(2))])])
     assert "<b>" not in svg and "&lt;b&gt;run" in svg and "&lt;loss&gt;" in svg
     assert "not logged" in line_chart("kl", [])
+
+
+def test_eval_curves_have_their_interval_band_and_declared_metrics_get_charts(run_a, tmp_path):
+    from agentgym.report.svg import metric_series
+    rows = [{"phase": "eval", "update": 0, "success_rate": 0.25, "success_low": 0.0, "success_high": 0.6,
+             "reference_logprob": -4.2},
+            {"phase": "eval", "update": 2, "success_rate": 0.5, "success_low": 0.2, "success_high": 0.8,
+             "reference_logprob": -3.9},
+            {"phase": "train", "update": 0, "success_rate": 0.1, "my_metric": 3.0}]
+    [train, evals] = metric_series([("r", rows)], "success_rate")
+    assert train.band == [] and evals.band == [(0.0, 0.0, 0.6), (2.0, 0.2, 0.8)]
+    svg = line_chart("success_rate", [train, evals])
+    assert svg.count('class="band"') == 1 and "95 % interval" in svg
+    # A run whose summary declares a learner metric gets its chart, and the held-out log-prob one.
+    folder = tmp_path / "run"
+    shutil.copytree(run_a, folder)
+    summary = json.loads((folder / "summary.json").read_text())
+    summary.update(learner_metrics=["my_metric"], effect={
+        "metric": "reference_logprob", "before": -4.2, "after": -3.9,
+        "difference": {"mean": 0.3, "std": 0.1, "low": 0.1, "high": 0.5, "n": 3, "over": "held-out tasks"}})
+    (folder / "summary.json").write_text(json.dumps(summary))
+    with open(folder / "metrics.jsonl", "a") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    html = build_report(folder, tmp_path / "r.html").read_text()
+    assert 'aria-label="my_metric"' in html and 'aria-label="reference_logprob"' in html
+    assert "-4.2 → -3.9 (difference 0.3 [0.1, 0.5], 3 tasks)" in html
