@@ -1,8 +1,14 @@
 """Rollout throughput: framework overhead per step with a zero-cost scripted policy on BFCL (1, 8, 64
-concurrent episodes), and generation tokens/s of the tiny and SmolLM2 policies on this machine.
+concurrent episodes); ALFWorld and AppWorld rollout steps/s with the envs in this process and in
+``env.workers`` = 1 and 2 worker processes, side by side, with the framework's overhead per step; and
+generation tokens/s of the tiny and SmolLM2 policies on this machine.
 
     .venv/bin/python benchmarks/rollout.py [--skip-smollm2] [--episodes 64]
+    .venv/bin/python benchmarks/rollout.py --only-workers [--workers 0 1 2] [--envs alfworld appworld]
     VLLM_ENABLE_V1_MULTIPROCESSING=0 .venv-vllm/bin/python benchmarks/rollout.py --backend transformers vllm
+
+The worker rows use a scripted policy (no generation cost), so they measure env stepping + the
+framework: with 2 workers on 2 cores the env work of two episodes runs at once.
 
 ``--backend`` picks the generation backends compared side by side (vLLM's CPU build lives in
 ``.venv-vllm``, see scripts/setup_vllm.sh).
@@ -37,6 +43,74 @@ def scripted_bfcl(concurrent: int, episodes: int) -> dict:
             "env_ms": 1000 * s.env_seconds / max(s.steps, 1)}
 
 
+def alfworld_script(conv):
+    # Real engine commands (admissible or answered "Nothing happens." by the engine): every step is
+    # a full TextWorld step.
+    turn = sum(1 for m in conv if m["role"] == "assistant")
+    return ("look", "inventory", "go to countertop 1", "examine countertop 1", "go to cabinet 1",
+            "open cabinet 1")[turn % 6]
+
+
+def appworld_script(conv):
+    turn = sum(1 for m in conv if m["role"] == "assistant")
+    calls = ("apis.supervisor.show_profile()", "apis.api_docs.show_app_descriptions()",
+             "apis.supervisor.show_account_passwords()")
+    return f"```python\nprint({calls[turn % len(calls)]})\n```"
+
+
+def env_tasks(env_id: str, n: int, env_kwargs: dict) -> list[dict]:
+    import gymnasium as gym
+    env = gym.make(env_id, **env_kwargs)
+    try:
+        tasks = env.unwrapped.tasks()
+    finally:
+        env.close()
+    if not tasks:
+        raise SystemExit(f"{env_id}: no tasks found (see the env's data hint)")
+    return [tasks[i % len(tasks)] for i in range(n)]
+
+
+WORKER_ENVS = {
+    "alfworld": ("agentgym/ALFWorld-v0", alfworld_script, {}),
+    "appworld": ("agentgym/AppWorld-v0", appworld_script, {"split": "train"}),
+}
+
+
+def worker_rollout(env_id: str, script, env_kwargs: dict, tasks: list[dict], workers: int, max_steps: int,
+                   concurrent: int) -> dict:
+    runner = RolloutRunner(ScriptedPolicy(script), env_id, tasks, env_kwargs=env_kwargs, max_steps=max_steps,
+                           max_concurrent=concurrent, progress=False, workers=workers)
+    trajs = runner.run()
+    s = runner.stats
+    errors = [t.error for t in trajs if t.error]
+    return {"steps": s.steps, "steps_per_s": s.steps / s.total_seconds, "seconds": s.total_seconds,
+            "overhead_ms": 1000 * s.overhead_seconds / max(s.steps, 1),
+            "env_ms": 1000 * s.env_seconds / max(s.steps + len(trajs), 1), "errors": errors}
+
+
+def worker_table(envs: list[str], workers: list[int], episodes: int, max_steps: int, concurrent: int) -> None:
+    import psutil
+    print(f"# env worker pools ({psutil.cpu_count()} CPUs, load {psutil.getloadavg()[0]:.1f} at start; "
+          f"{episodes} episodes x {max_steps} steps, {concurrent} concurrent, scripted policy)")
+    print(f"{'env':<10}{'workers':>8}{'steps/s':>10}{'speed-up':>10}{'env ms/op':>11}{'overhead ms/step':>18}"
+          f"{'errors':>8}")
+    for name in envs:
+        env_id, script, kwargs = WORKER_ENVS[name]
+        try:
+            tasks = env_tasks(env_id, episodes, kwargs)
+        except Exception as exc:  # noqa: BLE001 - an env whose engine or data is not installed here
+            print(f"{name:<10} skipped: {type(exc).__name__}: {exc}")
+            continue
+        base = None
+        for n in workers:
+            r = worker_rollout(env_id, script, kwargs, tasks, n, max_steps, concurrent)
+            base = base or r["steps_per_s"]
+            print(f"{name:<10}{n:>8}{r['steps_per_s']:>10.2f}{r['steps_per_s'] / base:>9.2f}x"
+                  f"{r['env_ms']:>11.1f}{r['overhead_ms']:>18.3f}{len(r['errors']):>8}", flush=True)
+            if r["errors"]:
+                print(f"{'':<10}first error: {r['errors'][0][:200]}")
+
+
 def load_policy(backend: str, path):
     if backend == "vllm":
         from agentgym.agents import VLLMPolicy
@@ -59,7 +133,18 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=64)
     parser.add_argument("--skip-smollm2", action="store_true")
     parser.add_argument("--backend", nargs="+", default=["transformers"], choices=["transformers", "vllm"])
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="env.workers values compared")
+    parser.add_argument("--envs", nargs="+", default=["alfworld", "appworld"], choices=sorted(WORKER_ENVS))
+    parser.add_argument("--worker-episodes", type=int, default=8, help="episodes per env.workers point")
+    parser.add_argument("--worker-steps", type=int, default=10, help="steps per episode in the worker rows")
+    parser.add_argument("--worker-concurrent", type=int, default=8, help="concurrent episodes in the worker rows")
+    parser.add_argument("--only-workers", action="store_true", help="only the env worker rows")
+    parser.add_argument("--skip-workers", action="store_true", help="no env worker rows")
     args = parser.parse_args()
+    if not args.skip_workers:
+        worker_table(args.envs, args.workers, args.worker_episodes, args.worker_steps, args.worker_concurrent)
+    if args.only_workers:
+        return
     print(f"{'measurement':<44}{'value':>12}  unit")
     base = None
     for concurrent in (1, 8, 64):

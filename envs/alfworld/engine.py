@@ -14,6 +14,9 @@ Two things are added on top, neither changes what the game says:
   many resets (~0.35 MB per episode). Interning is only a sharing optimisation - both classes
   compare and hash by value - so ``Engine.start`` empties it once it passes ``INTERN_LIMIT``
   entries (see ``trim_interned``); memory is then bounded by the pool's working set, not history.
+- TextWorld's template and query parsing (what a step spends most of its time on) and the deep
+  copies of derivation contexts are memoised / avoided by ``textcache.install_text_caches`` (see
+  there; ``Engine(text_cache=False)`` leaves TextWorld's own code alone for side-by-side checks).
 - The handcoded expert draws from the global ``random`` module when it is unsure; the engine swaps in
   its own seeded state around every engine call so an episode (and an expert plan) replays
   identically and the caller's global ``random`` is left untouched.
@@ -39,6 +42,8 @@ from textworld.envs.pddl import PddlEnv
 
 from alfworld.agents.environment.alfred_tw_env import (AlfredDemangler, AlfredExpert, AlfredExpertType,
                                                        AlfredInfos)
+
+from .textcache import install_text_caches
 
 __all__ = ["Engine", "TranslationCache", "install_translation_cache", "trim_interned", "INTERN_LIMIT"]
 
@@ -102,6 +107,7 @@ def install_translation_cache(maxsize: int = 32) -> TranslationCache:
     """Route textworld's PDDL states through one process-wide ``TranslationCache`` (idempotent)."""
     current = _pddl_logic.fast_downward
     if isinstance(current, TranslationCache):
+        current.maxsize = max(current.maxsize, maxsize)  # sized to the largest game pool asking
         return current
     cache = TranslationCache(current, maxsize=maxsize)
     _pddl_logic.fast_downward = cache
@@ -118,8 +124,10 @@ class Engine:
 
     REQUEST_INFOS = dict(won=True, admissible_commands=True, facts=True, extras=["gamefile", "expert_plan"])
 
-    def __init__(self) -> None:
+    def __init__(self, text_cache: bool = True) -> None:
         install_translation_cache()
+        if text_cache:
+            install_text_caches()
         infos = textworld.EnvInfos(**{k: (list(v) if isinstance(v, list) else v)
                                       for k, v in self.REQUEST_INFOS.items()})
         self._pddl = PddlEnv(infos)

@@ -30,6 +30,7 @@ import collections
 import json
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -39,7 +40,8 @@ from agentgym.env import AgentEnv, EnvReply, EnvReset
 from agentgym.parsing import tag_contents
 from agentgym.types import Feedback, FeedbackKind, Message
 
-from .engine import Engine
+from .engine import Engine, install_translation_cache
+from .textcache import DEFAULT_SIZE, install_text_caches
 from .games import TASK_TYPES, GameInfo, default_game_dirs, find_games
 
 __all__ = ["ALFWorldEnv", "parse_command", "NOTHING_HAPPENS", "SYSTEM_PROMPT"]
@@ -51,6 +53,44 @@ SYSTEM_PROMPT = (
     "from the admissible commands, e.g. 'go to fridge 1', 'take apple 1 from countertop 2', "
     "'heat apple 1 with microwave 1', 'move apple 1 to diningtable 1'. Call the tool `act` or write "
     "the command as plain text.")
+
+
+class _PlanCache:
+    """A bounded, thread-safe LRU of expert plans shared by the envs of one process."""
+
+    def __init__(self, maxsize: int = 256):
+        self.maxsize = maxsize
+        self._memo: collections.OrderedDict[tuple, tuple[tuple[str, ...], bool]] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple) -> tuple[tuple[str, ...], bool] | None:
+        with self._lock:
+            value = self._memo.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._memo.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key: tuple, value: tuple[tuple[str, ...], bool]) -> None:
+        with self._lock:
+            self._memo[key] = value
+            self._memo.move_to_end(key)
+            while len(self._memo) > self.maxsize:
+                self._memo.popitem(last=False)
+
+    def resize(self, maxsize: int) -> None:
+        with self._lock:
+            self.maxsize = max(self.maxsize, maxsize)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._memo.clear()
+
+
+_PLANS = _PlanCache()
 _BANNER = re.compile(r"^\s*-= Welcome to TextWorld, ALFRED! =-\s*", re.S)
 _TASK_LINE = re.compile(r"^Your task is to: .*$", re.M)
 
@@ -89,7 +129,9 @@ class ALFWorldEnv(AgentEnv):
     ``reference_plan`` ("reset": the expert's full plan is computed once per episode from the start
     state, and every step carries the expert's next command from the current state; "step": the full
     plan is recomputed from the current state at every step - exact but O(steps) engine replays;
-    "off"), ``expert_max_steps`` (cap on an expert rollout).
+    "off"), ``expert_max_steps`` (cap on an expert rollout), ``plan_cache_size`` (expert plans kept per
+    process, at least the game pool's size), ``text_cache`` (memoised TextWorld template parsing, see
+    ``textcache``; False runs TextWorld's own code, for side-by-side checks).
     """
 
     default_max_steps = 50
@@ -106,7 +148,7 @@ class ALFWorldEnv(AgentEnv):
     def __init__(self, games: str | os.PathLike | Iterable[str | os.PathLike] | None = None, *,
                  split: str = "train", task_types: Iterable[str] = TASK_TYPES,
                  reference_plan: str = "reset", expert_max_steps: int = 60, max_steps: int | None = None,
-                 render_mode: str | None = None, plan_cache_size: int = 256,
+                 render_mode: str | None = None, plan_cache_size: int = 256, text_cache: bool = True,
                  step_timeout_s: float | None | str = "default"):
         super().__init__(max_steps=max_steps, render_mode=render_mode, step_timeout_s=step_timeout_s)
         if reference_plan not in ("reset", "step", "off"):
@@ -126,8 +168,10 @@ class ALFWorldEnv(AgentEnv):
             self._roots = [(Path(g), "custom") for g in games]
         self._pool: list[GameInfo] | None = None  # found lazily: a path-only env must not scan disk
         self._engine: Engine | None = None
-        self._plan_cache: collections.OrderedDict[str, tuple[list[str], bool]] = collections.OrderedDict()
+        if plan_cache_size < 1:
+            raise ValueError(f"plan_cache_size must be >= 1, got {plan_cache_size!r}")
         self._plan_cache_size = plan_cache_size
+        self.text_cache = bool(text_cache)
         self._history: list[str] = []
         self._state: dict[str, Any] = {}
         self._game: dict[str, Any] = {}
@@ -169,7 +213,8 @@ class ALFWorldEnv(AgentEnv):
     def _reset(self, options: dict[str, Any]) -> EnvReset:
         gamefile = self._resolve_game(options)
         if self._engine is None:
-            self._engine = Engine()
+            self._engine = Engine(text_cache=self.text_cache)
+            self._size_caches()
         # The expert's tie-breaks draw from a fixed seed: its plan is a property of the game.
         self._episode_seed = 0
         state = self._engine.start(gamefile, seed=self._episode_seed)
@@ -262,15 +307,25 @@ class ALFWorldEnv(AgentEnv):
                         payload={"next_command": next_command, "plan": list(plan), "plan_scope": scope,
                                  "plan_wins": won})
 
+    def _size_caches(self) -> None:
+        """Grow the process-wide caches to this env's game pool (never shrinks them; bounded)."""
+        pool = len(self._pool) if self._pool is not None else 0
+        _PLANS.resize(max(self._plan_cache_size, pool))
+        install_translation_cache(maxsize=min(max(32, pool + 8), 512))
+        if self.text_cache:
+            install_text_caches(maxsize=min(max(DEFAULT_SIZE, 64 * pool), 65_536))
+
     def _initial_plan(self, gamefile: str) -> tuple[list[str], bool]:
-        key = gamefile
-        if key in self._plan_cache:
-            self._plan_cache.move_to_end(key)
-            return self._plan_cache[key]
+        """The expert's plan from the start state: a function of the game file (the expert's
+        tie-breaks are seeded with 0), so it is cached per process - every env of a worker or of the
+        trainer shares it - keyed by the file and its size and modification time."""
+        stat = os.stat(gamefile)
+        key = (gamefile, stat.st_size, stat.st_mtime_ns, self._episode_seed, self.expert_max_steps)
+        cached = _PLANS.get(key)
+        if cached is not None:
+            return list(cached[0]), cached[1]
         plan, won = self._engine.expert_rollout([], self._episode_seed, self.expert_max_steps)
-        self._plan_cache[key] = (plan, won)
-        while len(self._plan_cache) > self._plan_cache_size:
-            self._plan_cache.popitem(last=False)
+        _PLANS.put(key, (tuple(plan), won))
         return plan, won
 
     def _origin_of(self, gamefile: str) -> str:
@@ -294,5 +349,4 @@ class ALFWorldEnv(AgentEnv):
         if self._engine is not None:
             self._engine.close()
             self._engine = None
-        self._plan_cache.clear()
         super().close()
