@@ -473,11 +473,21 @@ def _check_timeout(value: Any) -> float | None:
 
 
 class EchoEnv(AgentEnv):
-    """The smallest real AgentEnv: repeat a word. Used in docs and as a user-env template."""
+    """The smallest real AgentEnv: repeat a word. Used in docs and as a user-env template.
+
+    ``reference=True`` adds a ``reference`` feedback record to every step (the expected word, in the
+    ``next_command`` / ``plan`` shape ALFWorld's expert uses), so reference-based hindsight and the
+    held-out reference log-prob work on it: ``benchmarks/learning.py`` uses it as its learnable task.
+    """
 
     WORDS = ("apple", "river", "stone", "cloud", "ember", "field", "glass", "honey")
     default_max_steps = 3
-    defaults = EnvDefaults(max_new_tokens=8)
+    defaults = EnvDefaults(max_new_tokens=8, reference_action=lambda payload: (
+        payload["plan"][0] if payload.get("plan_scope") == "episode_start" and payload.get("plan") else None))
+
+    def __init__(self, *, reference: bool = False, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.reference = bool(reference)
 
     def tasks(self) -> list[dict[str, Any]]:
         return [{"word": w} for w in self.WORDS]
@@ -492,12 +502,15 @@ class EchoEnv(AgentEnv):
 
     def _step(self, action: str) -> EnvReply:
         said = action.strip().lower()
+        reference = [Feedback(kind=FeedbackKind.REFERENCE, step=0, text=f"The answer is: {self._word}",
+                              payload={"next_command": self._word, "plan": [self._word],
+                                       "plan_scope": "episode_start"})] if self.reference else []
         if said == self._word:
             return EnvReply(messages=[Message(role="user", content="Correct.")], reward=1.0, terminated=True,
                             feedback=[Feedback(kind=FeedbackKind.OUTCOME, step=0, text="correct",
-                                               payload={"success": True})])
+                                               payload={"success": True}), *reference])
         text = f"Wrong: you said {said[:80]!r}."
         return EnvReply(messages=[Message(role="user", content=text)],
                         feedback=[Feedback(kind=FeedbackKind.ERROR, step=0, text=text,
-                                           payload={"expected": self._word})])
+                                           payload={"expected": self._word}), *reference])
 

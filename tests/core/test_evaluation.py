@@ -205,3 +205,25 @@ def test_eval_of_an_openai_compatible_model_reads_the_key_from_the_environment(t
                                               for h in server.request_headers)
     summary = json.loads((tmp_path / "api" / "summary.json").read_text())
     assert summary["model"] == "openai:served" and summary["success"]["mean"] == 1.0 and summary["episodes"] == 3
+
+
+def test_echo_with_references_gives_reference_hindsight_and_the_held_out_log_prob(tiny_tokenizer):
+    from agentgym.agents.scripted import ScriptedPolicy
+    from agentgym.evaluation import reference_logprob_of
+    from agentgym.feedback import make_source
+    from agentgym.rollout import rollout
+    policy = ScriptedPolicy(lambda conv: "banana", tiny_tokenizer)
+    trajs = rollout(policy, "agentgym/Echo-v0", [{"word": "apple"}, {"word": "river"}], env_kwargs={"reference": True},
+                    max_steps=1, progress=False)
+    assert not any(t.success for t in trajs)
+    [hint] = make_source("reference_hindsight")(trajs[0])
+    assert hint.payload["expected"] == "apple" and hint.payload["actual"] == "banana" and hint.step == 0
+    scored = []
+    values = reference_logprob_of(trajs, "agentgym/Echo-v0", tiny_tokenizer,
+                                  lambda ctx, act: scored.append((ctx, act)) or -1.5)
+    assert values == {"echo-apple": -1.5, "echo-river": -1.5}
+    assert scored[0][1] == tiny_tokenizer.encode("apple", add_special_tokens=False) + [tiny_tokenizer.eos_token_id]
+    assert scored[0][0] == trajs[0].steps[0].prompt_ids
+    # Without references the env emits none, and there is nothing to score.
+    plain = rollout(policy, "agentgym/Echo-v0", [{"word": "apple"}], max_steps=1, progress=False)
+    assert reference_logprob_of(plain, "agentgym/Echo-v0", tiny_tokenizer, lambda c, a: 0.0) == {}
