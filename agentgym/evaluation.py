@@ -96,7 +96,7 @@ def difference(a: Estimate, b: Estimate) -> Estimate:
 
     >>> d = difference(estimate([0.2, 0.4], over="seeds"), estimate([0.6, 0.8], over="seeds"))
     >>> round(d.mean, 3), round(d.low, 3), round(d.high, 3)
-    (0.4, 0.096, 0.704)
+    (0.4, -0.209, 1.009)
     """
     diff = b.mean - a.mean
     if a.std is None or b.std is None:

@@ -7,7 +7,7 @@ import importlib
 import pytest
 
 MODULES = ["agentgym.plugins", "agentgym.envspec", "agentgym.config", "agentgym.train", "agentgym.runlog",
-           "agentgym.env", "agentgym.learners.gigpo"]
+           "agentgym.env", "agentgym.learners.gigpo", "agentgym.evaluation", "agentgym.report.svg"]
 
 
 @pytest.mark.parametrize("name", MODULES)
