@@ -45,7 +45,8 @@ from alfworld.agents.environment.alfred_tw_env import (AlfredDemangler, AlfredEx
 
 from .textcache import install_text_caches
 
-__all__ = ["Engine", "TranslationCache", "install_translation_cache", "trim_interned", "INTERN_LIMIT"]
+__all__ = ["Engine", "TranslationCache", "install_translation_cache", "uninstall_translation_cache", "trim_interned",
+           "INTERN_LIMIT"]
 
 # A few games' worth of interned facts (one ALFWorld game interns ~2-5k): enough that a game being
 # replayed keeps its sharing, small enough (~10 MB) that it is never the memory budget.
@@ -112,6 +113,13 @@ def install_translation_cache(maxsize: int = 32) -> TranslationCache:
     cache = TranslationCache(current, maxsize=maxsize)
     _pddl_logic.fast_downward = cache
     return cache
+
+
+def uninstall_translation_cache() -> None:
+    """Back to fast-downward's own ``pddl2sas`` (for side-by-side measurements)."""
+    current = _pddl_logic.fast_downward
+    if isinstance(current, TranslationCache):
+        _pddl_logic.fast_downward = current._module
 
 
 class Engine:
