@@ -73,6 +73,19 @@ class ModelConfig(_Section):
     gradient_checkpointing: bool = Field(False, description=(
         "recompute activations in the backward pass: much less memory for long multi-turn contexts, "
         "at the cost of a second forward"))
+    attn_implementation: str | None = Field(None, description=(
+        "attention kernel: 'sdpa' (PyTorch's fused attention), 'flash_attention_2' (needs the flash-attn "
+        "package and a CUDA GPU, bf16/fp16), 'eager'; None: transformers' default for the model"))
+
+    @field_validator("attn_implementation")
+    @classmethod
+    def _attention(cls, v: str | None) -> str | None:
+        choices = ("sdpa", "flash_attention_2", "eager")
+        if v is not None and v not in choices:
+            from agentgym.plugins import suggest
+            raise ValueError(f"must be one of {', '.join(choices)} (or unset for the model's default), got {v!r}"
+                             f"{suggest(v, choices)}")
+        return v
 
     @field_validator("name")
     @classmethod

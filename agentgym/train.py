@@ -160,10 +160,35 @@ def load_model(cfg: RunConfig, device: Any, source: Any = None) -> tuple[Any, An
              "bfloat16": torch.bfloat16, "float16": torch.float16}[m.dtype]
     torch.manual_seed(cfg.train.seed)
     source = source or resolve_model(m.name)
+    attn = _attention(m.attn_implementation, device, dtype)
     tokenizer = AutoTokenizer.from_pretrained(source.path)
-    model = source.build().to(dtype) if source.build is not None else \
-        AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype)
+    if source.build is not None:
+        model = source.build().to(dtype)
+        if attn is not None:
+            model.set_attn_implementation(attn)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype,
+                                                     **({"attn_implementation": attn} if attn else {}))
     return _prepare_model(cfg, model, tokenizer, device), tokenizer, source.name
+
+
+def _attention(name: str | None, device: Any, dtype: Any) -> str | None:
+    """``model.attn_implementation``, refused with the reason where it cannot run."""
+    import importlib.util
+
+    import torch
+    if name == "flash_attention_2":
+        problems = []
+        if importlib.util.find_spec("flash_attn") is None:
+            problems.append("the flash-attn package is not installed (pip install flash-attn --no-build-isolation)")
+        if device.type != "cuda":
+            problems.append(f"the learner runs on {device.type}, flash-attention 2 needs a CUDA GPU")
+        if dtype not in (torch.bfloat16, torch.float16):
+            problems.append(f"the weights are {dtype}, flash-attention 2 needs bfloat16 or float16 (model.dtype)")
+        if problems:
+            raise ValueError("model.attn_implementation = 'flash_attention_2': " + "; ".join(problems) +
+                             "; use 'sdpa' instead")
+    return name
 
 
 def _prepare_model(cfg: RunConfig, model: Any, tokenizer: Any, device: Any) -> Any:
@@ -320,9 +345,18 @@ class Trainer:
         self.tokenizer = tok
         temperature = cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0
         learner = given["learner"] or LEARNERS.get(cfg.learner.name)(settings=cfg.learner.settings)
+        # FSDP2 / ZeRO-3 shard the weights in place: the rollouts get an unsharded copy (the mirror),
+        # which the learner refreshes after each update (see Learner.attach_mirror).
+        import copy
+        sharding = str(self.accelerator.distributed_type).rsplit(".", 1)[-1] in ("FSDP", "DEEPSPEED")
+        mirror = copy.deepcopy(model) if sharding else None
         self.learner = learner.bind(model, tok, accelerator=self.accelerator, temperature=temperature)
-        self.policy = TransformersPolicy(self.learner.unwrapped, tok, device=str(self.accelerator.device),
-                                         dtype=next(self.learner.unwrapped.parameters()).dtype,
+        if self.learner.sharded:
+            self.learner.attach_mirror(mirror.to(self.accelerator.device))
+        del mirror
+        served = self.learner.served
+        self.policy = TransformersPolicy(served, tok, device=str(self.accelerator.device),
+                                         dtype=next(served.parameters()).dtype,
                                          batch_size=cfg.rollout.batch_size, trainable=True)
         self.policy.name = self.model_name
         self.backend = given["rollout"] or ROLLOUT_BACKENDS.get(cfg.rollout.backend)(
@@ -502,7 +536,7 @@ class Trainer:
         from agentgym.learners import action_log_probs
         self.learner.model.eval()
         with torch.no_grad():
-            [lp] = action_log_probs(self.learner.unwrapped, [ctx], [act], pad_id=self.learner.pad_id,
+            [lp] = action_log_probs(self.learner.served, [ctx], [act], pad_id=self.learner.pad_id,
                                     temperature=1.0)
         return float(lp.gather(-1, torch.tensor(act, device=lp.device).unsqueeze(-1)).mean())
 
@@ -545,11 +579,13 @@ class Trainer:
                                        self.config.model_dump(mode="json"))
 
     def checkpoint(self, step: int) -> None:
-        from agentgym.checkpoint import save_checkpoint
+        from agentgym.checkpoint import gather_for_save, save_checkpoint
         self.accelerator.wait_for_everyone()
+        # Sharded weights are gathered whole (every process takes part), then the main process writes.
+        weights, state = gather_for_save(self.learner.unwrapped, self.learner) if self.learner.sharded else (None, None)
         if self.is_main:
             save_checkpoint(self.run_dir, step, self.learner.unwrapped, self.learner, config_hash=self.hash,
-                            keep=self.config.train.keep_checkpoints)
+                            keep=self.config.train.keep_checkpoints, weights=weights, state=state)
         self.accelerator.wait_for_everyone()
 
     def _recorded_eval(self, update: int) -> dict[str, Any]:
@@ -626,8 +662,8 @@ class Trainer:
             after = final_eval.get("success_rate")
         if self.is_main:
             from agentgym.checkpoint import assert_finite
-            assert_finite(self.learner.unwrapped, "the trained weights")  # never write NaN as the run's adapter
-            self.learner.unwrapped.save_pretrained(self.run_dir / ("adapter" if cfg.model.lora else "model"))
+            assert_finite(self.learner.served, "the trained weights")  # never write NaN as the run's adapter
+            self.learner.served.save_pretrained(self.run_dir / ("adapter" if cfg.model.lora else "model"))
         if self.probe is not None and _effect(first, final_eval) is None:
             self.notes.append("reference_logprob: mean per-token log-prob of the first train task's reference "
                               "first action under the student, before the first and after the last update")

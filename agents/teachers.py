@@ -169,10 +169,15 @@ class TeacherPolicy:
         self.policy, self.learner = policy, learner
         self.name = f"{getattr(policy, 'name', 'policy')}:teacher"
         self.renderer = policy.renderer
+        if hasattr(learner, "want_teacher_generation"):
+            learner.want_teacher_generation()  # a sharded learner keeps the teacher beside its mirror
 
     def generate(self, conversations, tools=None, sampling=None, *, prompt_ids=None, seeds=None):
-        tw = getattr(self.learner, "teacher_weights", None)
-        ctx = tw.swapped_in(self.learner.unwrapped) if tw is not None else contextlib.nullcontext()
+        if hasattr(self.learner, "teacher_generation"):
+            ctx = self.learner.teacher_generation()
+        else:
+            tw = getattr(self.learner, "teacher_weights", None)
+            ctx = tw.swapped_in(self.learner.unwrapped) if tw is not None else contextlib.nullcontext()
         extra = {"seeds": seeds} if seeds is not None else {}
         with ctx:
             return self.policy.generate(conversations, tools, sampling, prompt_ids=prompt_ids, **extra)

@@ -351,6 +351,9 @@ class Learner(abc.ABC):
         # same passes (teacher and reference ones included), and the second weight sets below hold
         # this process's shard only.
         self.sharded = is_sharded(self.unwrapped)
+        self.mirror: torch.nn.Module | None = None  # see attach_mirror
+        self.serve_teacher = False
+        self._mirror_teacher: dict[str, torch.Tensor] = {}
         self.teacher_weights = TeacherWeights(self.unwrapped, s.teacher, s.teacher_rate, s.teacher_every) \
             if self.uses_teacher else None
         self._reference: dict[str, torch.Tensor] | None = None
@@ -372,6 +375,51 @@ class Learner(abc.ABC):
     @property
     def unwrapped(self) -> torch.nn.Module:
         return self.accelerator.unwrap_model(self.model) if self.accelerator is not None else self.model
+
+    @property
+    def served(self) -> torch.nn.Module:
+        """The unsharded model that rollouts generate with and that is exported: the mirror of a
+        sharded model, else the model itself."""
+        return self.mirror if self.mirror is not None else self.unwrapped
+
+    def attach_mirror(self, mirror: torch.nn.Module) -> None:
+        """Keep ``mirror`` (an unsharded copy of the model, same parameter names) equal to the
+        sharded weights: refreshed after every optimiser step and every ``load_state_dict`` by
+        gathering the trainable parameters one at a time (a collective: the update and the resume
+        run on every process). Rollouts generate token by token, a different number of forwards per
+        process, which a sharded model cannot serve (each of its forwards is a collective)."""
+        self.mirror = mirror
+        self._refresh_mirror()
+
+    def _refresh_mirror(self) -> None:
+        if self.mirror is None:
+            return
+        named = dict(self.mirror.named_parameters())
+        with torch.no_grad():
+            for n, p in self.unwrapped.named_parameters():
+                if p.requires_grad:
+                    named[n].copy_(full(p, p))
+            if self.serve_teacher and self.teacher_weights is not None and self.teacher_weights.params:
+                self._mirror_teacher = {n: full(t).to(named[n].device, named[n].dtype)
+                                        for n, t in self.teacher_weights.params.items()}
+
+    def want_teacher_generation(self) -> None:
+        """A feedback writer generates with the teacher weights (``teacher_generation``): under
+        sharding the mirror then also keeps a whole copy of the teacher, refreshed per update."""
+        if not self.serve_teacher:
+            self.serve_teacher = True
+            self._refresh_mirror()
+
+    def teacher_generation(self):
+        """Context in which ``served`` generates with the teacher's weights."""
+        tw = self.teacher_weights
+        if tw is None or not tw.params:
+            return contextlib.nullcontext()
+        if self.mirror is None:
+            return tw.swapped_in(self.unwrapped)
+        if not self._mirror_teacher:
+            raise RuntimeError("teacher_generation on a sharded learner needs want_teacher_generation() first")
+        return swapped(self.mirror, self._mirror_teacher)
 
     @property
     def world_size(self) -> int:
@@ -560,6 +608,7 @@ class Learner(abc.ABC):
             self.updates += 1
             if self.teacher_weights is not None:
                 self.teacher_weights.after_update(self.unwrapped, self.updates)
+            self._refresh_mirror()
         metrics.update({k: float(v) for k, v in sums.items()})
         metrics["loss"] = self._all_sum(loss_local)
         metrics["grad_norm"] = grad_norm
@@ -637,6 +686,7 @@ class Learner(abc.ABC):
         if self._reference is not None and state.get("reference"):
             for n, t in state["reference"].items():
                 load_full(self._reference[n], t)
+        self._refresh_mirror()
 
     def _shard_optimizer_state(self, state: dict[str, Any]) -> dict[str, Any]:
         """A whole optimizer state dict laid out like the parameters (DTensor moments under FSDP2)."""
