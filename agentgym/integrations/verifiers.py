@@ -3,7 +3,10 @@
 
     import agentgym.integrations.verifiers as agv    # registers the taskset id "agentgym_taskset"
     config = agv.env_config("agentgym/BFCLMultiTurn-v0", split="eval")   # a verifiers EnvConfig
-    env = verifiers.v1.utils.loaders.load_environment(config)            # then vf-eval / prime-rl as usual
+    env = verifiers.v1.utils.loaders.load_environment(config)            # then run its slots as vf-eval does
+
+The default agent (``player``) is verifiers' null harness (a plain chat loop) in the local
+subprocess runtime; pass ``player=vf.AgentConfig(...)`` to ``env_config`` for another.
 
 Each task is one of the env's tasks (its reset options); its prompt is the env's first
 conversation (the system message as the task's system prompt). ``AgentGymEnv.run`` makes a fresh
@@ -28,6 +31,8 @@ from typing import Any
 from pydantic import Field
 
 import verifiers.v1 as vf
+from verifiers.v1.harnesses.null import NullHarnessConfig
+from verifiers.v1.runtimes import SubprocessConfig
 
 __all__ = ["AgentGymTaskset", "AgentGymEnv", "AgentGymTasksetConfig", "AgentGymEnvConfig", "env_config", "TASKSET_ID"]
 
@@ -58,7 +63,9 @@ class AgentGymTask(vf.Task[AgentGymData, vf.State, vf.TaskConfig]):
 
 
 class AgentGymEnvConfig(vf.EnvConfig):
-    player: vf.AgentConfig = vf.AgentConfig()
+    # A plain chat loop (verifiers' null harness) in the local subprocess runtime: the env is text in,
+    # text out, so the agent needs no tools or sandbox of its own (override with player=...).
+    player: vf.AgentConfig = vf.AgentConfig(harness=NullHarnessConfig(id="null"), runtime=SubprocessConfig())
 
 
 def _kwargs(config: AgentGymTasksetConfig) -> dict[str, Any]:

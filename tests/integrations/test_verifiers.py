@@ -27,7 +27,6 @@ TASK = "multi_turn_base_0"
 
 def test_verifiers_evaluation_episode_on_bfcl_multi_turn(monkeypatch):
     import verifiers
-    import verifiers.v1 as vf
     from verifiers.v1.clients import ModelContext
     from verifiers.v1.configs.client import EvalClientConfig
     from verifiers.v1.harnesses.null import NullHarnessConfig
@@ -46,8 +45,9 @@ def test_verifiers_evaluation_episode_on_bfcl_multi_turn(monkeypatch):
         return Reply(content=replies[k] if k < len(replies) else "Done.")
 
     monkeypatch.setenv("AGENTGYM_TEST_KEY", "unused")
-    config = agv.env_config("agentgym/BFCLMultiTurn-v0", split="all", tasks=[{"task_id": TASK}],
-                            player=vf.AgentConfig(harness=NullHarnessConfig(id="null"), runtime=SubprocessConfig()))
+    config = agv.env_config("agentgym/BFCLMultiTurn-v0", split="all", tasks=[{"task_id": TASK}])
+    player = config.player  # the adapter's default agent: a plain chat loop, local subprocess runtime
+    assert isinstance(player.harness, NullHarnessConfig) and isinstance(player.runtime, SubprocessConfig)
     env = load_environment(config)
     [task] = list(env.taskset)
     assert task.data.name == TASK and task.data.system_prompt and task.data.info["options"] == {"task_id": TASK}
