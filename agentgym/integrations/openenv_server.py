@@ -30,8 +30,12 @@ The feedback records are also in the observation's ``metadata["feedback"]``, for
 ``Environment`` in-process; openenv-core 0.3.0's ``serialize_observation`` drops ``metadata`` from
 the wire (huggingface/OpenEnv#616), which is why they travel as the ``feedback`` field as well.
 
-HTTP ``POST /reset`` and ``/step`` are OpenEnv's stateless endpoints (a fresh env per request):
-use the WebSocket for episodes.
+MCP JSON-RPC on the session's WebSocket (``{"type": "mcp", "data": {"jsonrpc": "2.0", "method":
+"tools/list" | "tools/call", ...}}``) lists the same tools and calls one as an env step; its result
+is that step's observation (``text``, ``reward``, ``done``, ``feedback``, ...).
+
+HTTP ``POST /reset``, ``/step`` and ``/mcp`` are OpenEnv's stateless endpoints (a fresh env per
+request, so no episode state): use the WebSocket for episodes.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import json
 import logging
 import threading
 import uuid
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -252,6 +257,19 @@ class AgentGymEnvironment(Environment):
         return AgentObservation(**fields)
 
     @property
+    def mcp_server(self) -> "_ToolServer":
+        """The env's current tools for OpenEnv's MCP JSON-RPC path (``{"type": "mcp"}`` messages on
+        the session's WebSocket: ``tools/list``, ``tools/call``). A call is one env step; its result
+        is the step's observation (text, reward, done, typed feedback)."""
+        return _ToolServer(self)
+
+    def call_tool(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(arguments, dict):
+            raise ValueError(f"arguments must be an object, got {type(arguments).__name__}")
+        obs = self.step(AgentAction(type="call_tool", tool_name=name, arguments=arguments))
+        return obs.model_dump(mode="json", exclude={"metadata"})
+
+    @property
     def state(self) -> AgentState:
         return AgentState(episode_id=self._episode_id, step_count=self._steps, env_id=self.env_id,
                           task=json_safe(getattr(self._inner, "task", {}) or {}), done=self._done)
@@ -271,6 +289,38 @@ class AgentGymEnvironment(Environment):
             self.env.close()
         except Exception:  # noqa: BLE001 - closing is best effort; the session is over either way
             log.warning("closing %s failed", self.env_id, exc_info=True)
+
+
+@dataclass
+class _ServedTool:
+    """One env tool as openenv-core's MCP handler reads it (``name``, ``description``,
+    ``parameters``, ``fn``)."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    fn: Any
+
+
+class _ToolServer:
+    """The tool registry openenv-core's MCP handler asks for (``get_tools``): the session env's
+    current tools, each calling ``AgentGymEnvironment.call_tool`` off the event loop."""
+
+    def __init__(self, environment: AgentGymEnvironment):
+        self._environment = environment
+
+    async def get_tools(self) -> dict[str, _ServedTool]:
+        import asyncio
+
+        env = self._environment
+
+        def caller(name: str) -> Any:
+            async def call(**arguments: Any) -> dict[str, Any]:
+                return await asyncio.to_thread(env.call_tool, name, arguments)
+            return call
+
+        return {tool.name: _ServedTool(tool.name, tool.description, tool.input_schema, caller(tool.name))
+                for tool in mcp_tools(list(getattr(env._inner, "tools", []) or []))}
 
 
 class _QuietDisconnect:

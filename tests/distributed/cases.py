@@ -126,6 +126,9 @@ def fsdp2_accelerator(acc=None):
     acc = acc or Accelerator(cpu=True)
     plugin = FullyShardedDataParallelPlugin()
     assert plugin.fsdp_version == 2, plugin.fsdp_version
+    from accelerate.state import PartialState
+    # Every later AcceleratorState() copies PartialState's fields in: both say FSDP.
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
     acc.state.distributed_type = DistributedType.FSDP
     acc.state.fsdp_plugin = plugin
     return acc

@@ -10,15 +10,28 @@ import hashlib
 import json
 import sys
 
+import accelerate
+
 from tests.distributed import cases
+
+
+class FSDP2OnCPU(accelerate.Accelerator):
+    """The Trainer's ``Accelerator(cpu=True)``, switched to accelerate's FSDP2 path as on a GPU node
+    (``cases.fsdp2_accelerator``: accelerate only selects FSDP on accelerator devices)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        cases.fsdp2_accelerator(self)
 
 
 def main():
     run_dir, base = sys.argv[1], json.loads(sys.argv[2])
-    acc = cases.fsdp2_accelerator()  # the state the Trainer's own Accelerator(...) then finds
+    accelerate.Accelerator = FSDP2OnCPU  # Trainer._build imports it at call time
     from agentgym.config import load_config
     from agentgym.train import Trainer
     trainer = Trainer(load_config(["--train.run_dir", run_dir], base=base))
+    acc = trainer.accelerator
+    assert acc.is_fsdp2, (type(acc), acc.distributed_type, acc.state.fsdp_plugin)
     summary = trainer.run()
     learner = trainer.learner
     gathered = cases.trainable(learner.unwrapped)

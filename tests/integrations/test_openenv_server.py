@@ -138,6 +138,33 @@ def test_bfcl_tools_through_openenv_mcp_tool_client(bfcl_server):
         local.close()
 
 
+def test_bfcl_tools_through_mcp_json_rpc_on_the_session_websocket(bfcl_server):
+    from websockets.sync.client import connect
+
+    local = gym.make(BFCL, split="all")
+    _, info = local.reset(seed=0, options={"task_id": TASK})
+    with connect(bfcl_server.url.replace("http://", "ws://") + "/ws") as ws:
+        def ask(message: dict) -> dict:
+            ws.send(json.dumps(message))
+            return json.loads(ws.recv(timeout=30))
+
+        assert ask({"type": "reset", "data": {"seed": 0, "options": {"task_id": TASK}}})["type"] == "observation"
+        listed = ask({"type": "mcp", "data": {"jsonrpc": "2.0", "method": "tools/list", "params": {}, "id": 1}})
+        assert [t["name"] for t in listed["data"]["result"]["tools"]] == [s["function"]["name"] for s in info["tools"]]
+        called = ask({"type": "mcp", "data": {"jsonrpc": "2.0", "method": "tools/call", "id": 2,
+                                              "params": {"name": "cd", "arguments": {"folder": "document"}}}})
+        result = called["data"]["result"]
+        obs, reward, terminated, truncated, step_info = local.step(as_text(
+            {"type": "call_tool", "tool_name": "cd", "arguments": {"folder": "document"}}))
+        assert (result["text"], result["reward"], result["done"]) == (obs, reward, False)
+        assert [Feedback.model_validate(f) for f in result["feedback"]] == step_info["feedback"]
+        bad = ask({"type": "mcp", "data": {"jsonrpc": "2.0", "method": "tools/call", "id": 3,
+                                           "params": {"name": "no_such_tool", "arguments": {}}}})
+        assert "error" in bad["data"] and "no_such_tool" in bad["data"]["error"]["message"]
+        assert ask({"type": "state"})["data"]["step_count"] == 1  # the session goes on
+    local.close()
+
+
 def test_webshop_episode_through_the_server_equals_the_in_process_env(webshop_server, shared_data, monkeypatch):
     monkeypatch.setenv("WEBSHOP_DATA", str(shared_data / "webshop"))
     reset = {"seed": 0, "options": {"goal_index": 7}}
