@@ -144,11 +144,27 @@ class RolloutConfig(_Section):
     vllm_kwargs: dict[str, Any] = Field(default_factory=dict, description=(
         "further vllm.LLM arguments, e.g. {max_model_len: 8192, tensor_parallel_size: 2, "
         "kv_cache_memory_bytes: 2147483648}"))
+    servers: list[str] = Field(default_factory=list, description=(
+        "vllm_server backend: base URLs of the OpenAI-compatible vLLM servers that generate the "
+        "rollouts (http://host:port/v1), requests spread over them"))
+    sync_dir: str | None = Field(None, description=(
+        "vllm_server backend: a folder every server can read (a shared filesystem for servers on other "
+        "machines) where each weight push is written; None: a temporary folder on this machine"))
+    server_timeout_s: float = Field(600.0, gt=0, le=86_400, description="vllm_server backend: deadline of one "
+                                                                        "server request, seconds")
 
     @field_validator("backend")
     @classmethod
     def _backend_exists(cls, v: str) -> str:
         return _known(v, ROLLOUT_BACKENDS)
+
+    @field_validator("servers")
+    @classmethod
+    def _server_urls(cls, v: list[str]) -> list[str]:
+        for url in v:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"each server is an http(s) URL such as http://10.0.0.2:8000/v1, got {url!r}")
+        return v
 
 
 class FeedbackConfig(_Section):

@@ -205,6 +205,7 @@ SELECTORS: Registry[Any] = Registry("selector", group="agentgym.selectors", buil
 ROLLOUT_BACKENDS: Registry[Any] = Registry("rollout backend", group="agentgym.rollout_backends", builtins={
     "transformers": "agentgym.agents.backends:TransformersBackend",
     "vllm": "agentgym.agents.backends:VLLMBackend",
+    "vllm_server": "agentgym.agents.backends:VLLMServerBackend",
 })
 
 # Who writes model-based feedback: name -> factory(feedback config, student policy, learner) -> Policy.

@@ -288,6 +288,9 @@ class RolloutRunner:
     def _record(self, ep, index, gen, obs, new, feedback, reward, terminated, truncated, extra) -> Step:
         info = dict(json_safe(extra))
         info["finish_reason"] = gen.finish_reason
+        for key in ("policy_version", "server"):  # which weights (and which server) sampled it
+            if key in gen.info:
+                info[key] = gen.info[key]
         if gen.tool_calls:
             info["tool_calls"] = [json_safe(c) for c in gen.tool_calls]
         token_level = self._token_level and gen.token_ids

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["RolloutBackend", "TransformersBackend", "VLLMBackend"]
+from agentgym.agents.vllm_policy import WeightSyncError  # noqa: F401  (re-exported: the sync failure)
+
+__all__ = ["RolloutBackend", "TransformersBackend", "VLLMBackend", "VLLMServerBackend", "WeightSyncError"]
 
 
 class RolloutBackend:
@@ -55,3 +57,43 @@ class VLLMBackend(RolloutBackend):
 
     def sync(self, student: Any) -> None:
         self.policy.push_weights(student)
+
+
+class VLLMServerBackend(RolloutBackend):
+    """Rollouts on one or more running vLLM servers (``rollout.servers``), token in / token out
+    (``agentgym.agents.vllm_server``). After each update the LoRA adapter is loaded on every server
+    as a new versioned adapter (or the full weights reloaded in place from ``rollout.sync_dir``), then
+    EVERY server is verified - the new version is listed and a fixed probe's log-probs equal the
+    trainer's - else ``WeightSyncError``. ``last_sync`` holds the probe differences per server and
+    ``sync_seconds`` the time of each push + verification."""
+
+    name = "vllm_server"
+
+    def __init__(self, student: Any, *, model_path: str, lora: bool, lora_r: int, settings: Any):
+        from agentgym.agents.vllm_server import VLLMServerPolicy
+        super().__init__(student, model_path=model_path, lora=lora, lora_r=lora_r, settings=settings)
+        urls = list(getattr(settings, "servers", None) or [])
+        if not urls:
+            raise ValueError("rollout.backend = 'vllm_server' needs rollout.servers: the base URLs of running "
+                             "vLLM servers, e.g. --rollout.servers '[\"http://10.0.0.2:8000/v1\"]' (see the "
+                             "README's 'Rollouts at scale')")
+        self.lora = lora
+        self.policy = VLLMServerPolicy(urls, model=None, tokenizer=student.tokenizer,
+                                       timeout=getattr(settings, "server_timeout_s", 600.0),
+                                       sync_dir=getattr(settings, "sync_dir", None))
+        self.last_sync: list[float] = []
+        self.sync_seconds: list[float] = []
+
+    def sync(self, student: Any) -> None:
+        import time
+        started = time.perf_counter()
+        model = student.model
+        if self.lora:
+            if not hasattr(model, "peft_config"):
+                raise WeightSyncError("the trainer has no LoRA adapter to push (model.lora is on but the model "
+                                      "has no peft_config)")
+            self.policy.push_lora(model)
+        else:
+            self.policy.push_full(model)
+        self.last_sync = self.policy.verify(student)
+        self.sync_seconds.append(time.perf_counter() - started)

@@ -1,0 +1,152 @@
+"""The ``vllm_server`` rollout backend against two real vLLM servers on 127.0.0.1 (started here with
+the tiny model; the optional ``.ci/vllm`` job): a 3-update LoRA training run over both servers,
+verified after every push, token-exact trajectories, a stale server detected, and a full-weights run
+with one server. Without vLLM only the configuration errors are checked."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+
+import pytest
+
+from agentgym.config import ConfigError, load_config
+
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+TOL = 0.05
+
+ECHO = {
+    "model": {"name": "tiny", "lora_r": 4, "lora_alpha": 8},
+    "env": {"id": "agentgym/Echo-v0", "kwargs": {}, "tasks_per_update": 2, "group_size": 2, "max_steps": 3,
+            "eval_task_ids": ["a"]},
+    "rollout": {"temperature": 1.0, "max_new_tokens": 6, "backend": "vllm_server"},
+    "learner": {"name": "grpo", "lr": 5e-2},
+    "train": {"updates": 3, "checkpoint_every": 1, "progress": False, "deterministic": True},
+}
+
+
+def test_server_settings_are_checked_before_anything_starts():
+    with pytest.raises(ConfigError, match="rollout.servers.*http"):
+        load_config(["--rollout.servers", '["localhost:8000"]'])
+    cfg = load_config(["--rollout.backend", "vllm_server", "--rollout.servers", '["http://10.0.0.2:8000/v1"]'])
+    assert cfg.rollout.servers == ["http://10.0.0.2:8000/v1"] and cfg.rollout.sync_dir is None
+    from agentgym.agents.backends import VLLMServerBackend
+    with pytest.raises(ValueError, match="needs rollout.servers"):
+        VLLMServerBackend(object(), model_path="x", lora=True, lora_r=8, settings=load_config([]).rollout)
+
+
+# ---------------------------------------------------------------------------- two real servers
+@pytest.fixture(scope="module")
+def servers(tiny_model_path, tmp_path_factory):
+    from agentgym.agents.vllm_server import launch_vllm_server
+    logs = tmp_path_factory.mktemp("vllm-logs")
+    started, errors = [None, None], []
+
+    def start(i):
+        try:
+            started[i] = launch_vllm_server(tiny_model_path, log_dir=logs, max_lora_rank=8)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(2)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    try:
+        if errors:
+            raise errors[0]
+        yield started
+    finally:
+        for s in started:
+            if s is not None:
+                s.stop()
+
+
+def _trainer(run_dir, *overrides):
+    from agentgym.train import Trainer
+    return Trainer(load_config(["--train.run_dir", str(run_dir), *overrides], base=ECHO))
+
+
+@pytest.mark.vllm
+def test_lora_training_over_two_servers_is_verified_and_token_exact(servers, tmp_path):
+    from agentgym.rollout import episode_tokens
+    from agentgym.store import read_trajectories
+    urls = [s.url for s in servers]
+    trainer = _trainer(tmp_path, "--rollout.servers", json.dumps(urls))
+    backend = trainer.backend
+    backend.policy.exchanges = []
+    trainer.run()
+    policy = backend.policy
+    # One push at the start + one per update, each verified on both servers (a failed check raises).
+    assert policy.version == 4 and len(backend.sync_seconds) == 4
+    assert len(backend.last_sync) == 2 and all(d <= TOL for d in backend.last_sync)
+    for srv in policy.servers:  # both serve the newest adapter, and only it
+        names = {m["id"] for m in srv.request("GET", "/v1/models")["data"]}
+        assert policy.served == "agentgym-policy-v4" and policy.served in names
+        assert "agentgym-policy-v3" not in names
+    assert policy.verify(trainer.policy) == pytest.approx([0, 0], abs=TOL)
+
+    trajs = [t for t in read_trajectories(tmp_path / "trajectories.jsonl") if t.phase == "train"]
+    assert len(trajs) == 3 * 2 * 2
+    seen = {(tuple(x["seen"]), tuple(x["sampled"])) for x in policy.exchanges}
+    servers_used = set()
+    for t in trajs:
+        episode_tokens(t)  # the append-only token invariant holds
+        for step in t.steps:
+            # What was recorded is exactly what a server saw and sampled...
+            assert (tuple(step.prompt_ids), tuple(step.action_ids)) in seen
+            # ... under the adapter pushed before this update's rollout.
+            assert step.info["policy_version"] == t.update + 1
+            servers_used.add(step.info["server"])
+    assert servers_used == set(urls)  # requests were spread over both
+    assert all(n > 0 for n in policy.requests_per_server)
+
+
+@pytest.mark.vllm
+def test_a_server_left_stale_is_a_weight_sync_error(servers, tiny_model_path):
+    import torch
+
+    from peft import LoraConfig
+
+    from agentgym.agents import TransformersPolicy, WeightSyncError
+    from agentgym.agents.backends import VLLMServerBackend
+    student = TransformersPolicy(tiny_model_path, adapter=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+                                 trainable=True)
+    settings = load_config(["--rollout.servers", json.dumps([s.url for s in servers])]).rollout
+    backend = VLLMServerBackend(student, model_path=str(tiny_model_path), lora=True, lora_r=4, settings=settings)
+
+    def perturb():
+        with torch.no_grad():
+            for name, p in student.model.named_parameters():
+                if "lora_B" in name:
+                    p.add_(torch.randn_like(p) * 0.5)
+
+    try:
+        perturb()
+        backend.sync(student)  # both servers: verified
+        perturb()
+        policy = backend.policy
+        # The push skips server 1: it does not even have the new version.
+        policy.push_lora(student.model, servers=[0])
+        with pytest.raises(WeightSyncError, match=rf"{servers[1].url}.*does not serve 'agentgym-policy-v2'"):
+            policy.verify(student)
+        # Server 1 gets the new NAME but the previous weights (a botched copy): the probe sees it.
+        previous = str(policy.sync_dir / "lora-v1")
+        policy.servers[1].request("POST", "/v1/load_lora_adapter",
+                                  {"lora_name": policy.served, "lora_path": previous})
+        with pytest.raises(WeightSyncError, match=rf"{servers[1].url} serves stale or wrong weights"):
+            policy.verify(student)
+        backend.sync(student)  # a full push repairs it
+        assert all(d <= TOL for d in backend.last_sync)
+    finally:
+        backend.close()
+
+
+@pytest.mark.vllm
+def test_full_weights_run_with_one_server(servers, tmp_path):
+    trainer = _trainer(tmp_path, "--rollout.servers", json.dumps([servers[0].url]), "--model.lora", "false",
+                       "--train.updates", "2", "--learner.lr", "1e-3")
+    trainer.run()
+    backend = trainer.backend
+    assert backend.policy.version == 3 and all(d <= TOL for d in backend.last_sync)
+    assert backend.policy.served == backend.policy.model  # the base model name, reloaded in place
