@@ -440,10 +440,9 @@ def _weights_folder(settings: EvalSettings, lora: bool) -> tuple[Path | None, st
 def _policy(cfg: Any, settings: EvalSettings) -> tuple[Any, Any, str, str]:
     """(policy, tokenizer or None, model display name, what weights)."""
     if settings.model is not None and settings.model.startswith("openai:"):
-        from agentgym.agents.openai_policy import OpenAIPolicy
-        name = settings.model.removeprefix("openai:")
-        return (OpenAIPolicy(name, base_url=settings.base_url, api_key_env=settings.api_key_env), None,
-                settings.model, f"served by {settings.base_url}")
+        from agentgym.agents.openai_policy import openai_policy_from_spec
+        return (openai_policy_from_spec(settings.model, base_url=settings.base_url, api_key_env=settings.api_key_env),
+                None, settings.model, f"served by {settings.base_url}")
     import torch
 
     from agentgym.agents import TransformersPolicy
