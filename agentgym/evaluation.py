@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["Estimate", "estimate", "difference", "pass_at_k", "pass_hat_k", "Outcome", "outcomes", "seed_record",
            "aggregate", "EvalSettings", "task_lists", "run_evaluation", "compare_table", "eval_main",
-           "reference_logprob_of", "t_quantile"]
+           "reference_actions", "reference_logprob_of", "t_quantile"]
 
 # Two-sided 95 % quantiles of Student's t by degrees of freedom (1..30); past 30, 1.96 + 2.4 / df is
 # within 0.003 of the exact value (2.021 at 40, 2.000 at 60, 1.980 at 120).
@@ -290,16 +290,15 @@ def task_lists(cfg: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], li
 
 
 # ------------------------------------------------------------------------------------------ reference log-prob
-def reference_logprob_of(trajs: Sequence[Any], env_id: str, tokenizer: Any, score: Callable[[list[int], list[int]], float]
-                         ) -> dict[str, float]:
-    """{task id: mean per-token log-prob of the env's reference first action}, for the first episode
-    of each task whose first step carries a reference (the env declares how to read it). The
-    context is the task's first prompt, which does not depend on the policy, so values before and
-    after training pair up task by task."""
+def reference_actions(trajs: Sequence[Any], env_id: str, tokenizer: Any) -> dict[str, tuple[list[int], list[int]]]:
+    """{task id: (first prompt ids, reference first action ids + EOS)} for the first episode of each
+    task whose first step carries a reference (the env declares how to read it). The context is the
+    task's first prompt, which does not depend on the policy, so scores before and after training
+    pair up task by task."""
     from agentgym.envspec import env_defaults
     from agentgym.types import FeedbackKind
     read = env_defaults(env_id).reference_action
-    out: dict[str, float] = {}
+    out: dict[str, tuple[list[int], list[int]]] = {}
     if read is None:
         return out
     for t in trajs:
@@ -309,9 +308,16 @@ def reference_logprob_of(trajs: Sequence[Any], env_id: str, tokenizer: Any, scor
             action = read(f.payload) if f.kind is FeedbackKind.REFERENCE else None
             if action:
                 ids = list(tokenizer.encode(action, add_special_tokens=False)) + [tokenizer.eos_token_id]
-                out[t.task_id] = score(list(t.steps[0].prompt_ids), ids)
+                out[t.task_id] = (list(t.steps[0].prompt_ids), ids)
                 break
     return out
+
+
+def reference_logprob_of(trajs: Sequence[Any], env_id: str, tokenizer: Any, score: Callable[[list[int], list[int]], float]
+                         ) -> dict[str, float]:
+    """{task id: ``score(context, reference action)``}: the mean per-token log-prob of each task's
+    reference first action (``reference_actions``)."""
+    return {task: score(ctx, act) for task, (ctx, act) in reference_actions(trajs, env_id, tokenizer).items()}
 
 
 # ------------------------------------------------------------------------------------------ the command

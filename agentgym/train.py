@@ -442,7 +442,7 @@ class Trainer:
         if not self.eval_tasks:
             return {}
         from agentgym.envspec import env_defaults
-        from agentgym.evaluation import outcomes, reference_logprob_of, seed_record
+        from agentgym.evaluation import outcomes, reference_actions, seed_record
         e = self.config.env
         shard = self.eval_tasks[self.rank::self.world]
         started = time.perf_counter()
@@ -453,10 +453,13 @@ class Trainer:
         crash_point("eval", update)
         declared = env_defaults(e.id)
         rows = outcomes(trajs, declared.category_field)
-        reference = reference_logprob_of(trajs, e.id, self.tokenizer, self._score_action)
+        pairs = reference_actions(trajs, e.id, self.tokenizer)
         if self.world > 1:
+            # Every process scores the same gathered list in the same order: under FSDP / ZeRO-3 a
+            # forward is collective, so no process may score a different number of actions.
             from accelerate.utils import gather_object
-            rows, reference = gather_object(rows), {k: v for part in gather_object([reference]) for k, v in part.items()}
+            rows, pairs = gather_object(rows), {k: v for part in gather_object([pairs]) for k, v in part.items()}
+        reference = {task: self._score_action(*pairs[task]) for task in sorted(pairs)}
         record = {"update": update, "phase": "eval", "time": time.time(), "seconds": time.perf_counter() - started,
                   **seed_record(rows, declared.headline)}
         if reference:
