@@ -122,8 +122,9 @@ def _tree(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("run") / "echo"
-    rc = train_main(["--env.id", "agentgym/Echo-v0", "--model.name", "tiny", "--train.updates", "1",
-                     "--env.eval_tasks", "2", "--train.run_dir", str(run), "--train.progress", "false"])
+    rc = train_main(["--env.id", "agentgym/Echo-v0", "--env.kwargs", '{"reference": true}', "--model.name", "tiny",
+                     "--train.updates", "1", "--env.eval_tasks", "2", "--learner.lr", "1e-2",
+                     "--train.run_dir", str(run), "--train.progress", "false"])
     assert rc == 0
     return run
 
@@ -151,6 +152,21 @@ def test_eval_of_a_finished_run_writes_only_its_own_folder(finished_run, tmp_pat
     assert summary["success"]["over"] == "seeds" and "pass@2" in summary["pass_at_k"]
     printed = json.loads(capsys.readouterr().out)
     assert printed["folder"] == str(folder)
+
+
+def test_the_run_summary_reports_the_paired_held_out_change(finished_run):
+    summary = json.loads((finished_run / "summary.json").read_text())
+    evals = [json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["phase"] == "eval"]
+    before, after = evals[0]["reference_logprobs"], evals[-1]["reference_logprobs"]
+    assert sorted(before) == sorted(after) and len(before) == 2  # the two held-out words, paired
+    diffs = [after[t] - before[t] for t in before]
+    effect = summary["effect"]
+    assert effect["metric"] == "reference_logprob" and effect["difference"]["n"] == 2
+    assert effect["difference"]["mean"] == pytest.approx(sum(diffs) / 2) and diffs[0] != 0.0  # the update moved it
+    assert effect["before"] == pytest.approx(sum(before.values()) / 2) == summary["reference_logprob_before"]
+    assert any(note.startswith("measured: mean per-token log-prob") for note in summary["notes"])
+    assert summary["learner_metrics"] and summary["success_interval_before"] is not None
 
 
 def test_eval_of_a_checkpoint_and_compare_prints_one_table(finished_run, tmp_path, capsys):
