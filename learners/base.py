@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from agentgym.agents.teachers import TeacherContext, TeacherWeights
 from agentgym.faults import crash_point
 from agentgym.feedback.spans import ACTION_SPAN_KEY
-from agentgym.sharding import full, full_state, is_dtensor, is_sharded, load_full, shard_as, snapshot, swapped
+from agentgym.sharding import full, full_state, is_dtensor, is_sharded, is_zero3, load_full, shard_as, snapshot, swapped
 from agentgym.plugins import LEARNERS
 from agentgym.types import Target, Trajectory
 from agentgym.learners.losses import AGGREGATIONS, DIRECTIONS, aggregation_normaliser, divergence, k3_kl, topk_tail
@@ -344,6 +344,8 @@ class Learner(abc.ABC):
         self.optimizer = optimizer or torch.optim.AdamW(trainable, lr=s.lr, betas=(s.beta1, s.beta2),
                                                         weight_decay=s.weight_decay)
         if accelerator is not None:
+            if self._deepspeed:
+                self._deepspeed_defaults()
             self.model, self.optimizer = accelerator.prepare(model, self.optimizer)
         else:
             self.model = model
@@ -351,6 +353,11 @@ class Learner(abc.ABC):
         # same passes (teacher and reference ones included), and the second weight sets below hold
         # this process's shard only.
         self.sharded = is_sharded(self.unwrapped)
+        if any(is_zero3(p) for p in self.unwrapped.parameters()) and (self.uses_teacher or s.kl_coef > 0):
+            # ZeRO-3 keeps small parameters (LoRA matrices among them) gathered in p.data beside their
+            # partition, so swapping partitions would not swap them: refused rather than wrong.
+            raise NotImplementedError(f"{self.name} holds a teacher or a KL reference, which is not supported under "
+                                      "DeepSpeed ZeRO-3; use FSDP2 (configs/accelerate/fsdp2_*.yaml) or ZeRO-2")
         self.mirror: torch.nn.Module | None = None  # see attach_mirror
         self.serve_teacher = False
         self._mirror_teacher: dict[str, torch.Tensor] = {}
@@ -653,13 +660,29 @@ class Learner(abc.ABC):
         else:
             loss.backward()
 
+    def _deepspeed_defaults(self) -> None:
+        """accelerate's DeepSpeed config leaves the micro-batch size 'auto' (filled from a dataloader,
+        which a learner has none of: its micro-batches are token-budgeted) and the clip 'auto'."""
+        config = self.accelerator.state.deepspeed_plugin.deepspeed_config
+        if config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+            config["train_micro_batch_size_per_gpu"] = 1
+        if config.get("gradient_clipping", "auto") == "auto":
+            config["gradient_clipping"] = self.settings.grad_clip
+        if config.get("gradient_accumulation_steps", "auto") == "auto":
+            config["gradient_accumulation_steps"] = 1
+
     @property
     def _deepspeed(self) -> bool:
         return self.accelerator is not None and str(getattr(self.accelerator, "distributed_type", "")).endswith("DEEPSPEED")
 
     def _clip(self) -> float:
         params = [p for p in self.model.parameters() if p.requires_grad]
-        if self.accelerator is not None:
+        if self.sharded and not self._deepspeed:
+            # FSDP2: torch's clip works on DTensor gradients (the norm is reduced over the shards).
+            # accelerate's FSDP branch compares parameter lists with ==, which raises for tensors
+            # once it holds another prepared model.
+            norm = torch.nn.utils.clip_grad_norm_(params, self.settings.grad_clip)
+        elif self.accelerator is not None:
             norm = self.accelerator.clip_grad_norm_(params, self.settings.grad_clip)
         else:
             norm = torch.nn.utils.clip_grad_norm_(params, self.settings.grad_clip)

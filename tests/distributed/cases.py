@@ -25,7 +25,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "serl": {"teacher": "refresh", "teacher_every": 1, "serl_span": "target"},
     "gigpo": {},
 }
-COMMON = {"lr": 1e-2, "token_budget": 80, "grad_clip": 1.0}
+COMMON = {"lr": 1e-2, "token_budget": 160, "grad_clip": 1.0}
 LEARNERS = list(SETTINGS)
 # Weight comparisons use SGD (lr 10 for LoRA, 1 for full fine-tuning, after clipping to norm 1: the
 # second update's teacher and reference differ from the student): AdamW divides by
