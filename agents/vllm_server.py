@@ -13,8 +13,9 @@ update):
 
 - LoRA: the adapter is written to ``sync_dir/lora-v{N}`` (a folder every server can read: a shared
   filesystem when the servers are on other machines) and loaded on every server under the versioned
-  name ``{adapter_prefix}-v{N}`` with ``POST /v1/load_lora_adapter`` (servers started with
-  ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`` and ``--enable-lora``); generation then requests that
+  name ``{adapter_prefix}-v{N}`` (the prefix is unique per policy object) with
+  ``POST /v1/load_lora_adapter`` (servers started with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`` and
+  ``--enable-lora``); generation then requests that
   name, and the previous version is unloaded once the new one is verified.
 - Full weights: ``save_pretrained`` to ``sync_dir/full-v{N}``, then every server reloads in place
   from that path (``POST /collective_rpc`` ``reload_weights(weights_path=...)``, servers started with
@@ -44,6 +45,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
@@ -116,7 +118,7 @@ class VLLMServerPolicy(Policy):
 
     def __init__(self, urls: Sequence[str], *, model: str | None, tokenizer: Any, timeout: float = 600.0,
                  max_concurrency: int = 32, tolerance: float = 0.05, probe_ids: Sequence[int] | None = None,
-                 sync_dir: str | os.PathLike | None = None, adapter_prefix: str = "agentgym-policy",
+                 sync_dir: str | os.PathLike | None = None, adapter_prefix: str | None = None,
                  api_key: str | None = None, api_key_env: str | None = None):
         from agentgym.agents.chat import ChatRenderer
         if isinstance(urls, str):
@@ -135,12 +137,14 @@ class VLLMServerPolicy(Policy):
         self.tolerance = tolerance
         self.probe_ids = list(probe_ids) if probe_ids is not None else self.renderer.prompt_ids(
             [{"role": "user", "content": "Probe: list the files, then say done."}])
-        self.adapter_prefix = adapter_prefix
+        # Unique per policy: a resumed run (or a second trainer) on the same servers never collides
+        # with adapter names an earlier one left loaded there.
+        self.adapter_prefix = adapter_prefix or f"agentgym-{uuid.uuid4().hex[:8]}"
         self._own_sync_dir = sync_dir is None
         self.sync_dir = Path(sync_dir) if sync_dir is not None else Path(tempfile.mkdtemp(prefix="agentgym-sync-"))
         self.sync_dir.mkdir(parents=True, exist_ok=True)
         self.version = 0  # pushes done; 0: the weights the servers were started with
-        self.served: str = model  # the model name requests ask for (the adapter's, with LoRA)
+        self.served: str = self.model  # the model name requests ask for (the adapter's, with LoRA)
         self._previous_adapter: str | None = None
         self._rr = itertools.count()
         self._lock = threading.Lock()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import threading
 
 import pytest
@@ -21,7 +22,8 @@ ECHO = {
     "env": {"id": "agentgym/Echo-v0", "kwargs": {}, "tasks_per_update": 2, "group_size": 2, "max_steps": 3,
             "eval_task_ids": ["a"]},
     "rollout": {"temperature": 1.0, "max_new_tokens": 6, "backend": "vllm_server"},
-    "learner": {"name": "grpo", "lr": 5e-2},
+    "feedback": {"source": "immediate", "selector": "first_error"},  # targets at every update: weights move
+    "learner": {"name": "hint_sd", "lr": 1e-2, "topk": 20},
     "train": {"updates": 3, "checkpoint_every": 1, "progress": False, "deterministic": True},
 }
 
@@ -62,13 +64,24 @@ def servers(tiny_model_path, tmp_path_factory):
                 s.stop()
 
 
+def _moved(trainer, model_path) -> float:
+    """How far training moved the probe's log-probs from the base model's (a verification that
+    compares equal weights would prove nothing)."""
+    from agentgym.agents import TransformersPolicy
+    probe = trainer.backend.policy.probe_ids
+    split = max(1, len(probe) // 2)
+    base = TransformersPolicy(model_path).score(probe[:split], probe[split:]).logprobs
+    now = trainer.policy.score(probe[:split], probe[split:]).logprobs
+    return max(abs(a - b) for a, b in zip(base, now))
+
+
 def _trainer(run_dir, *overrides):
     from agentgym.train import Trainer
     return Trainer(load_config(["--train.run_dir", str(run_dir), *overrides], base=ECHO))
 
 
 @pytest.mark.vllm
-def test_lora_training_over_two_servers_is_verified_and_token_exact(servers, tmp_path):
+def test_lora_training_over_two_servers_is_verified_and_token_exact(servers, tmp_path, tiny_model_path):
     from agentgym.rollout import episode_tokens
     from agentgym.store import read_trajectories
     urls = [s.url for s in servers]
@@ -82,9 +95,11 @@ def test_lora_training_over_two_servers_is_verified_and_token_exact(servers, tmp
     assert len(backend.last_sync) == 2 and all(d <= TOL for d in backend.last_sync)
     for srv in policy.servers:  # both serve the newest adapter, and only it
         names = {m["id"] for m in srv.request("GET", "/v1/models")["data"]}
-        assert policy.served == "agentgym-policy-v4" and policy.served in names
-        assert "agentgym-policy-v3" not in names
+        assert policy.served == f"{policy.adapter_prefix}-v4" and policy.served in names
+        assert f"{policy.adapter_prefix}-v3" not in names
     assert policy.verify(trainer.policy) == pytest.approx([0, 0], abs=TOL)
+    assert _moved(trainer, tiny_model_path) > 5 * TOL  # the servers follow weights that really changed
+    print(f"\nLoRA push + verify on 2 servers: {[round(x, 2) for x in backend.sync_seconds]} s")
 
     trajs = [t for t in read_trajectories(tmp_path / "trajectories.jsonl") if t.phase == "train"]
     assert len(trajs) == 3 * 2 * 2
@@ -128,13 +143,13 @@ def test_a_server_left_stale_is_a_weight_sync_error(servers, tiny_model_path):
         policy = backend.policy
         # The push skips server 1: it does not even have the new version.
         policy.push_lora(student.model, servers=[0])
-        with pytest.raises(WeightSyncError, match=rf"{servers[1].url}.*does not serve 'agentgym-policy-v2'"):
+        with pytest.raises(WeightSyncError, match=re.escape(f"{servers[1].url} does not serve '{policy.adapter_prefix}-v2'")):
             policy.verify(student)
         # Server 1 gets the new NAME but the previous weights (a botched copy): the probe sees it.
         previous = str(policy.sync_dir / "lora-v1")
         policy.servers[1].request("POST", "/v1/load_lora_adapter",
                                   {"lora_name": policy.served, "lora_path": previous})
-        with pytest.raises(WeightSyncError, match=rf"{servers[1].url} serves stale or wrong weights"):
+        with pytest.raises(WeightSyncError, match=re.escape(f"{servers[1].url} serves stale or wrong weights")):
             policy.verify(student)
         backend.sync(student)  # a full push repairs it
         assert all(d <= TOL for d in backend.last_sync)
@@ -143,10 +158,12 @@ def test_a_server_left_stale_is_a_weight_sync_error(servers, tiny_model_path):
 
 
 @pytest.mark.vllm
-def test_full_weights_run_with_one_server(servers, tmp_path):
+def test_full_weights_run_with_one_server(servers, tmp_path, tiny_model_path):
     trainer = _trainer(tmp_path, "--rollout.servers", json.dumps([servers[0].url]), "--model.lora", "false",
                        "--train.updates", "2", "--learner.lr", "1e-3")
     trainer.run()
     backend = trainer.backend
     assert backend.policy.version == 3 and all(d <= TOL for d in backend.last_sync)
     assert backend.policy.served == backend.policy.model  # the base model name, reloaded in place
+    assert _moved(trainer, tiny_model_path) > 5 * TOL
+    print(f"\nfull-weight push + verify on 1 server: {[round(x, 2) for x in backend.sync_seconds]} s")

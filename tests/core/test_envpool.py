@@ -129,3 +129,20 @@ def test_bad_worker_settings_are_clear_errors():
     with pytest.raises(ConfigError, match="env.workers"):
         load_config(["--env.workers", "-2"])
     assert load_config(["--env.workers", "3"]).env.workers == 3
+
+
+def test_the_trainer_rolls_out_in_env_workers(tmp_path):
+    """``env.workers`` reaches the trainer's rollouts (train and evaluation)."""
+    from agentgym.store import read_trajectories
+    from agentgym.train import Trainer
+    cfg = load_config(["--train.run_dir", str(tmp_path), "--env.workers", "2"], base={
+        "model": {"name": "tiny", "lora_r": 4, "lora_alpha": 8},
+        "env": {"id": "agentgym/Echo-v0", "kwargs": {}, "tasks_per_update": 2, "group_size": 2, "max_steps": 2,
+                "eval_task_ids": ["a"]},
+        "rollout": {"temperature": 1.0, "max_new_tokens": 4},
+        "learner": {"name": "grpo"},
+        "train": {"updates": 1, "progress": False, "deterministic": True}})
+    Trainer(cfg).run()
+    trajs = list(read_trajectories(tmp_path / "trajectories.jsonl"))
+    assert {t.phase for t in trajs} == {"train", "eval"}
+    assert all(t.metadata.get("env_worker") in (0, 1) and t.error is None for t in trajs)
