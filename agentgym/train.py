@@ -668,9 +668,9 @@ class Trainer:
             from agentgym.checkpoint import assert_finite
             assert_finite(self.learner.served, "the trained weights")  # never write NaN as the run's adapter
             self.learner.served.save_pretrained(self.run_dir / ("adapter" if cfg.model.lora else "model"))
-        if self.probe is not None and _effect(first, final_eval) is None:
-            self.notes.append("reference_logprob: mean per-token log-prob of the first train task's reference "
-                              "first action under the student, before the first and after the last update")
+        if self.probe is not None:
+            self.notes.append("trained_reference_logprob: mean per-token log-prob of the reference first action of "
+                              "the first task trained on (in-sample), before the first and after the last update")
         summary = self._write_summary(before, after, cfg.train.updates, seconds,
                                       probe=(self.probe_before, self.probe_logprob()), evals=(first, final_eval))
         if self._tb is not None:
@@ -683,7 +683,6 @@ class Trainer:
         notes = list(self.notes)
         effect = _effect(*evals)
         if effect is not None:
-            probe = (effect["before"], effect["after"])
             notes.append(f"measured: {effect['what']}")
         if self.source is not None:
             notes.append(f"feedback source: {cfg.feedback.source}; selector: {cfg.feedback.selector}")
@@ -694,7 +693,10 @@ class Trainer:
                    "selector": cfg.feedback.selector if self.selector is not None else DISABLED,
                    "world_size": self.world, "device": str(self.accelerator.device),
                    "train_tasks": len(self.train_tasks), "eval_tasks": self.eval_tasks,
-                   "reference_logprob_before": probe[0], "reference_logprob_after": probe[1],
+                   # Held out when the evaluations carry references, else the in-sample probe.
+                   "reference_logprob_before": effect["before"] if effect else probe[0],
+                   "reference_logprob_after": effect["after"] if effect else probe[1],
+                   "trained_reference_logprob_before": probe[0], "trained_reference_logprob_after": probe[1],
                    "learner_metrics": sorted(type(self.learner).metrics),
                    "effect": effect, "success_interval_before": _interval(evals[0]),
                    "success_interval_after": _interval(evals[1]), "notes": notes}
