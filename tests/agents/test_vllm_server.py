@@ -98,7 +98,7 @@ def test_lora_training_over_two_servers_is_verified_and_token_exact(servers, tmp
         assert policy.served == f"{policy.adapter_prefix}-v4" and policy.served in names
         assert f"{policy.adapter_prefix}-v3" not in names
     assert policy.verify(trainer.policy) == pytest.approx([0, 0], abs=TOL)
-    assert _moved(trainer, tiny_model_path) > 5 * TOL  # the servers follow weights that really changed
+    assert _moved(trainer, tiny_model_path) > 2 * TOL  # the servers follow weights that really changed
     print(f"\nLoRA push + verify on 2 servers: {[round(x, 2) for x in backend.sync_seconds]} s")
 
     trajs = [t for t in read_trajectories(tmp_path / "trajectories.jsonl") if t.phase == "train"]
@@ -165,5 +165,5 @@ def test_full_weights_run_with_one_server(servers, tmp_path, tiny_model_path):
     backend = trainer.backend
     assert backend.policy.version == 3 and all(d <= TOL for d in backend.last_sync)
     assert backend.policy.served == backend.policy.model  # the base model name, reloaded in place
-    assert _moved(trainer, tiny_model_path) > 5 * TOL
+    assert _moved(trainer, tiny_model_path) > 2 * TOL
     print(f"\nfull-weight push + verify on 1 server: {[round(x, 2) for x in backend.sync_seconds]} s")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import gymnasium as gym
 import pytest
@@ -32,6 +33,18 @@ class RaisingEnv(EchoEnv):
             raise RuntimeError("backend crashed")
         return super()._step(action)
 
+
+class SleepyEnv(EchoEnv):
+    """Echo whose steps take 0.2 s of waiting (an env blocked on I/O or a simulator)."""
+
+    def _step(self, action):
+        time.sleep(0.2)
+        return super()._step(action)
+
+
+if "agentgym-test/PoolSleepy-v0" not in gym.registry:
+    gym.register(id="agentgym-test/PoolSleepy-v0", entry_point="tests.core.test_envpool:SleepyEnv",
+                 disable_env_checker=True)
 
 if "agentgym-test/PoolRaising-v0" not in gym.registry:
     # A string entry point: the spawned workers import this module to build the env.
@@ -68,6 +81,25 @@ def test_workers_give_the_same_trajectories_as_in_process():
     assert results[0] == results[1] == results[2]
     assert [t["num_steps"] if "num_steps" in t else len(t["steps"]) for t in results[2][:2]] == [1, 1]  # apple
     assert all(len(t["steps"]) == 3 and t["success"] for t in results[2][2:])
+
+
+def test_generation_overlaps_env_steps():
+    """With workers, the policy generates for some episodes while others step: the run takes less
+    wall time than its generation time plus its env time (in-process it takes at least their sum)."""
+    def slow_script(conv):
+        time.sleep(0.1)  # a generation that costs time (per conversation)
+        return "wrong"
+
+    with EnvPool("agentgym-test/PoolSleepy-v0", workers=2) as pool:
+        rollout(ScriptedPolicy(lambda conv: "apple"), "agentgym-test/PoolSleepy-v0", [{"word": "apple"}] * 2,
+                progress=False, workers=pool)  # both workers up: their start-up is not measured
+        runner = RolloutRunner(ScriptedPolicy(slow_script), "agentgym-test/PoolSleepy-v0",
+                               [{"word": w} for w in WORDS[:4]], progress=False, workers=pool)
+        trajs = runner.run()
+    s = runner.stats
+    assert all(len(t.steps) == 3 and t.error is None for t in trajs)
+    assert s.env_seconds >= 12 * 0.2 and s.policy_seconds >= 12 * 0.1
+    assert s.total_seconds < 0.75 * (s.env_seconds + s.policy_seconds), s
 
 
 def test_a_killed_worker_truncates_its_episodes_with_the_cause_and_is_respawned():
