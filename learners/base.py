@@ -670,6 +670,8 @@ class Learner(abc.ABC):
             config["gradient_clipping"] = self.settings.grad_clip
         if config.get("gradient_accumulation_steps", "auto") == "auto":
             config["gradient_accumulation_steps"] = 1
+        # The learner's optimizer is torch's (AdamW, or the one passed to bind): ZeRO wraps it.
+        config.setdefault("zero_allow_untested_optimizer", True)
 
     @property
     def _deepspeed(self) -> bool:
