@@ -12,6 +12,10 @@ rollout records those episodes as truncated with that error, and a fresh worker 
 episodes that follow. A worker that cannot even start (the env id or a plugin does not import) is an
 ``EnvWorkerError`` at once, never an endless respawn loop.
 
+``RolloutRunner(workers=N)`` (and so ``env.workers``) takes its pool from ``shared_pool``: the
+workers outlive the run and serve the next one with the same env id, kwargs and N, their envs and
+caches warm (``close_shared_pools()`` or interpreter exit stops them).
+
 Workers are started with the ``spawn`` method (no fork of a process holding threads, CUDA or model
 weights); the env's gymnasium ``EnvSpec`` travels to them, so envs registered in a test module, a
 script passed with ``--import`` or an installed plugin work as in-process. Step deadlines are the
@@ -30,12 +34,14 @@ them) and exit when their parent goes away.
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing as mp
 import os
 import pickle
 import queue
 import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -44,7 +50,7 @@ from typing import Any
 
 import gymnasium as gym
 
-__all__ = ["EnvPool", "EnvEvent", "RemoteError", "EnvWorkerError", "WorkerDied"]
+__all__ = ["EnvPool", "EnvEvent", "RemoteError", "EnvWorkerError", "WorkerDied", "shared_pool", "close_shared_pools"]
 
 
 class EnvWorkerError(RuntimeError):
@@ -407,11 +413,35 @@ class EnvPool:
             pass
 
 
-def as_pool(workers: "int | EnvPool", env_id: str, env_kwargs: dict[str, Any] | None) -> "EnvPool | None":
-    """``workers`` as a pool: 0 -> None (in-process), N -> a new ``EnvPool``, a pool -> itself."""
-    if isinstance(workers, EnvPool):
-        return workers
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"workers must be an int >= 0 or an EnvPool, got {workers!r}")
-    return EnvPool(env_id, env_kwargs, workers) if workers else None
+# ------------------------------------------------------------------------------------------ shared pools
+_SHARED: dict[tuple, EnvPool] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_pool(env_id: str, env_kwargs: dict[str, Any] | None, workers: int) -> EnvPool:
+    """The process-wide pool of ``workers`` workers for ``env_id`` built with ``env_kwargs``: created
+    on first use, then reused by every later rollout with the same three (a trainer's updates), so
+    worker start-up and the envs' warm caches (ALFWorld's plans and parsed templates, say) are paid
+    once, not per update. ``close_shared_pools()`` stops them; so does interpreter exit."""
+    try:
+        key = (env_id, pickle.dumps(sorted(dict(env_kwargs or {}).items())), workers)
+    except Exception as exc:  # noqa: BLE001
+        raise EnvWorkerError(f"env kwargs of {env_id!r} cannot be sent to env workers: {exc}") from exc
+    with _SHARED_LOCK:
+        pool = _SHARED.get(key)
+        if pool is None or pool.closed:
+            pool = _SHARED[key] = EnvPool(env_id, env_kwargs, workers)
+        return pool
+
+
+def close_shared_pools() -> None:
+    """Stop every shared pool's workers (idempotent)."""
+    with _SHARED_LOCK:
+        pools = list(_SHARED.values())
+        _SHARED.clear()
+    for pool in pools:
+        pool.close()
+
+
+atexit.register(close_shared_pools)
 

@@ -115,6 +115,7 @@ class _Episode:
     prompt_ids: list[int] | None = None
     steps: list[Step] = field(default_factory=list)
     worker: int | None = None  # the env worker holding this episode's env (pool runs)
+    pool_key: str = ""  # its name in the pool: unique per run, so a late reply of an aborted run never matches
     gen: Any = None  # the generation whose env step is in flight (pool runs)
 
     @property
@@ -126,9 +127,9 @@ class RolloutRunner:
     """Runs episodes; ``run()`` returns the trajectories sorted by (task, member).
 
     ``workers``: 0 (default) steps the envs in this process, one generation batch then one env step
-    per live episode; N > 0 runs them in N spawned env worker processes (``agentgym.envpool``; an
-    ``EnvPool`` may be given instead, and is then left open), generation overlapping the env steps of
-    other episodes. The trajectories are the same either way for a seeded policy (request seeds
+    per live episode; N > 0 runs them in N spawned env worker processes (``agentgym.envpool``; the
+    process-wide pool for this env id, kwargs and N, kept for the next run; or an ``EnvPool`` given
+    here), generation overlapping the env steps of other episodes. The trajectories are the same either way for a seeded policy (request seeds
     never depend on batching); a dead worker's episodes are truncated with the cause.
     """
 
@@ -204,7 +205,7 @@ class RolloutRunner:
     def _fail(self, ep: _Episode, exc: BaseException, where: str) -> Trajectory:
         self.stats.env_errors += 1
         if self.pool is not None:
-            self.pool.close_env(ep.key)  # a no-op when the worker already dropped it (or died)
+            self.pool.close_env(ep.pool_key)  # a no-op when the worker already dropped it (or died)
             ep.env = None
         if ep.env is not None:
             try:
@@ -220,7 +221,7 @@ class RolloutRunner:
     def _finish(self, ep: _Episode, *, terminated: bool, truncated: bool, error: str | None = None,
                 detail: str | None = None) -> Trajectory:
         if self.pool is not None:
-            self.pool.release(ep.key)  # the worker keeps the env for its next episode
+            self.pool.release(ep.pool_key)  # the worker keeps the env for its next episode
         elif ep.env is not None:
             self._idle_envs.append(ep.env)  # healthy envs are reused (reset() starts them afresh)
         ep.env = None
@@ -307,6 +308,13 @@ class RolloutRunner:
         return request_seed(getattr(self.sampling, "seed", None), self.seed, ep.task_index, ep.member,
                             len(ep.steps))
 
+    def env_worker(self, episode: str) -> int | None:
+        """The env worker holding episode ``"task:member"``'s env now (pool runs; None otherwise)."""
+        pool = self.pool
+        if pool is None:
+            return None
+        return next((pool.worker_of(k) for k in list(pool._where) if k.endswith(f"/{episode}")), None)
+
     # ------------------------------------------------------------------ the loop
     def run(self) -> list[Trajectory]:
         from tqdm.auto import tqdm
@@ -329,17 +337,13 @@ class RolloutRunner:
             bar.close()
             for ep in live:  # the run is being aborted: release envs of in-flight episodes
                 if self.pool is not None:
-                    self.pool.close_env(ep.key)
+                    self.pool.close_env(ep.pool_key)
                 elif ep.env is not None:
                     ep.env.close()
             for env in self._idle_envs:
                 env.close()
             self._idle_envs.clear()
-            if self.pool is not None:
-                self.stats.worker_respawns += self.pool.respawns
-                if self.pool is not self.workers:  # a pool given by the caller stays open
-                    self.pool.close()
-                self.pool = None
+            self.pool = None  # a shared or given pool stays open for the next run
             if self._own_store:
                 self.store.close()
             self.stats.total_seconds += time.perf_counter() - started
@@ -406,14 +410,22 @@ class RolloutRunner:
         """Envs in worker processes. Resets and steps are sent without waiting; the loop generates
         for every episode whose env has replied while the others step, so generation and env steps
         overlap (a slow policy gets large batches: replies pile up while it generates)."""
-        from agentgym.envpool import EnvPool
-        self.pool = self.workers if isinstance(self.workers, EnvPool) else EnvPool(
+        from agentgym.envpool import EnvPool, shared_pool
+        self.pool = self.workers if isinstance(self.workers, EnvPool) else shared_pool(
             self.env_id, self.env_kwargs, self.workers)
-        by_key: dict[str, _Episode] = {}
+        respawns_before = self.pool.respawns
+        try:
+            self._pool_loop(pending, done, live, bar)
+        finally:
+            self.stats.worker_respawns += self.pool.respawns - respawns_before
+
+    def _pool_loop(self, pending: deque, done: list[Trajectory], live: list[_Episode], bar: Any) -> None:
+        by_key: dict[str, _Episode] = {}  # pool key -> episode
         ready: list[_Episode] = []  # env replied: waiting for the policy
+        tag = uuid.uuid4().hex[:8]
 
         def end(ep: _Episode, traj: Trajectory) -> None:
-            by_key.pop(ep.key, None)
+            by_key.pop(ep.pool_key, None)
             live.remove(ep)
             if ep in ready:
                 ready.remove(ep)
@@ -424,10 +436,11 @@ class RolloutRunner:
             while pending and len(live) < self.max_concurrent:
                 ep = pending.popleft()
                 ep.started = time.perf_counter()
-                by_key[ep.key] = ep
+                ep.pool_key = f"{tag}/{ep.key}"
+                by_key[ep.pool_key] = ep
                 live.append(ep)
-                self.pool.reset(ep.key, ep.seed, dict(ep.options))
-                ep.worker = self.pool.worker_of(ep.key)
+                self.pool.reset(ep.pool_key, ep.seed, dict(ep.options))
+                ep.worker = self.pool.worker_of(ep.pool_key)
             t0 = time.perf_counter()
             events = self.pool.poll(timeout=0 if ready else None)
             if not ready:
@@ -453,7 +466,7 @@ class RolloutRunner:
             waiting = [ep for ep in ready]
             self._timed_out(waiting, done, bar)
             for ep in [e for e in ready if e not in waiting]:  # finished by the time limit
-                by_key.pop(ep.key, None)
+                by_key.pop(ep.pool_key, None)
                 live.remove(ep)
                 ready.remove(ep)
             if not ready:
@@ -461,10 +474,10 @@ class RolloutRunner:
             batch, ready[:] = list(ready), []
             gens = self._generate(batch)
             for ep, gen in zip(batch, gens, strict=True):
-                if ep.key not in by_key:
+                if ep.pool_key not in by_key:
                     continue
                 ep.gen = gen
-                self.pool.step(ep.key, gen.text)
+                self.pool.step(ep.pool_key, gen.text)
             self._postfix(bar, done, len(live))
 
 

@@ -78,6 +78,10 @@ WORKER_ENVS = {
 
 def worker_rollout(env_id: str, script, env_kwargs: dict, tasks: list[dict], workers: int, max_steps: int,
                    concurrent: int) -> dict:
+    # Steady state, as in a training run: a first pass over the same tasks starts the workers (kept
+    # for the next run) and warms the envs' caches, in this process or in the workers; then the timed pass.
+    RolloutRunner(ScriptedPolicy(script), env_id, tasks, env_kwargs=env_kwargs, max_steps=2,
+                  max_concurrent=concurrent, progress=False, workers=workers).run()
     runner = RolloutRunner(ScriptedPolicy(script), env_id, tasks, env_kwargs=env_kwargs, max_steps=max_steps,
                            max_concurrent=concurrent, progress=False, workers=workers)
     trajs = runner.run()
@@ -91,7 +95,8 @@ def worker_rollout(env_id: str, script, env_kwargs: dict, tasks: list[dict], wor
 def worker_table(envs: list[str], workers: list[int], episodes: int, max_steps: int, concurrent: int) -> None:
     import psutil
     print(f"# env worker pools ({psutil.cpu_count()} CPUs, load {psutil.getloadavg()[0]:.1f} at start; "
-          f"{episodes} episodes x {max_steps} steps, {concurrent} concurrent, scripted policy)")
+          f"{episodes} episodes x {max_steps} steps, {concurrent} concurrent, scripted policy, after a warm-up "
+          f"pass; env ms/op: time in the env per reset or step, summed over workers)")
     print(f"{'env':<10}{'workers':>8}{'steps/s':>10}{'speed-up':>10}{'env ms/op':>11}{'overhead ms/step':>18}"
           f"{'errors':>8}")
     for name in envs:
@@ -109,6 +114,8 @@ def worker_table(envs: list[str], workers: list[int], episodes: int, max_steps: 
                   f"{r['env_ms']:>11.1f}{r['overhead_ms']:>18.3f}{len(r['errors']):>8}", flush=True)
             if r["errors"]:
                 print(f"{'':<10}first error: {r['errors'][0][:200]}")
+        from agentgym.envpool import close_shared_pools
+        close_shared_pools()
 
 
 def load_policy(backend: str, path):

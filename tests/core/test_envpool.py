@@ -109,7 +109,7 @@ def test_a_killed_worker_truncates_its_episodes_with_the_cause_and_is_respawned(
         word = conv[0]["content"].split()[-1]
         turn = sum(1 for m in conv if m["role"] == "assistant")
         if word == "river" and turn == 1 and not killed:  # mid-episode: kill the worker holding it
-            index = runner.pool.worker_of("1:0")
+            index = runner.env_worker("1:0")
             killed.update(index=index, pid=runner.pool.workers[index].pid)
             os.kill(killed["pid"], signal.SIGKILL)
         return word if turn == 2 else "wrong"
@@ -152,6 +152,21 @@ def test_a_given_pool_serves_several_runs_and_stays_open():
                             progress=False, workers=pool)
             assert trajs[0].success
         assert not pool.closed and pool.workers[0].process.is_alive()
+    assert pool.closed and not pool.workers[0].process.is_alive()
+
+
+def test_workers_are_kept_for_the_next_run_with_the_same_env():
+    from agentgym.envpool import close_shared_pools, shared_pool
+    pids = []
+    for _ in range(2):
+        runner = RolloutRunner(ScriptedPolicy(third_turn_right), "agentgym/Echo-v0", [{"word": "apple"}],
+                               progress=False, workers=1, env_kwargs={"max_steps": 2})
+        assert runner.run()[0].success
+        pool = shared_pool("agentgym/Echo-v0", {"max_steps": 2}, 1)
+        pids.append(pool.workers[0].pid)
+    assert pids[0] == pids[1] and pool.workers[0].process.is_alive()  # one start-up for both runs
+    assert shared_pool("agentgym/Echo-v0", {"max_steps": 3}, 1) is not pool  # other kwargs: other workers
+    close_shared_pools()
     assert pool.closed and not pool.workers[0].process.is_alive()
 
 
