@@ -16,13 +16,14 @@ CONFIGS = REPO / "configs" / "accelerate"
 HINT = "The word is apple."
 
 # Teacher modes and micro-batching are chosen so every path runs: an EMA teacher (rate 0.5, so the
-# second update's teacher differs from the student), a fixed one, SERL's refresh every update, the
+# second update's teacher differs from the student), a fixed one, SERL's refresh every 2 updates (its
+# second update scores with the initial weights, then the teacher becomes the student), the
 # KL reference (GRPO), and a token budget that gives each rank several micro-batches.
 SETTINGS: dict[str, dict[str, Any]] = {
     "grpo": {"kl_coef": 0.1, "old_logprobs": "recompute"},
     "dense_sd": {"teacher": "fixed", "topk": 16},
     "hint_sd": {"teacher": "ema", "teacher_rate": 0.5, "topk": 16},
-    "serl": {"teacher": "refresh", "teacher_every": 1, "serl_span": "target"},
+    "serl": {"teacher": "refresh", "teacher_every": 2, "serl_span": "target"},
     "gigpo": {},
 }
 COMMON = {"lr": 1e-2, "token_budget": 160, "grad_clip": 1.0}

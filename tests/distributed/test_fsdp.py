@@ -83,7 +83,7 @@ def test_sharded_update_equals_one_process(case, sharded, tiny_tokenizer):
     got = torch.load(sharded / f"{case}.train.pt")
     assert got["world"] == 2
     learner, losses = single(case, tiny_tokenizer)
-    assert got["losses"] == pytest.approx(losses, rel=1e-4, abs=1e-8) and losses[0] > 0
+    assert got["losses"] == pytest.approx(losses, rel=2e-5, abs=1e-8) and losses[0] > 0
     start = cases.trainable(cases.build_model(case))
     weights = cases.trainable(learner.unwrapped)
     assert max(float((weights[n] - start[n]).abs().max()) for n in start) > 1e-4  # it trained (100x the tolerance)
