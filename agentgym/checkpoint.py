@@ -31,7 +31,9 @@ weight) and the learner state (optimizer moments, teacher, reference) on CPU; th
 passes them to ``save_checkpoint(weights=..., state=...)``. The files are the same as a one-process
 run's, and ``load_checkpoint`` cuts each process's shard back out of them, so a checkpoint moves
 between one process and N, or between N and M processes. Memory: the main process holds one whole
-copy of what is saved in CPU RAM while it writes (for a 7B full fine-tune with AdamW: ~84 GB).
+copy of what is saved in CPU RAM while it writes (the others none): for a 7B full fine-tune under
+FSDP2 with bf16 mixed precision, fp32 weights and AdamW moments are ~90 GB, ~120 GB with SERL's
+teacher copy. A per-process sharded format (torch.distributed.checkpoint) is not implemented.
 """
 
 from __future__ import annotations
@@ -211,18 +213,21 @@ def assert_finite(obj: Any, what: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ save
-def gather_for_save(model: Any, learner: Any) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
+def gather_for_save(model: Any, learner: Any, *, keep: bool = True) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
     """(whole weights to save, or None when ``model`` is not sharded and saves itself; the learner's
-    state with every tensor whole). A collective under sharding: every process calls it."""
-    from agentgym.sharding import full, is_sharded
+    state with every tensor whole). A collective under sharding: every process calls it, one tensor
+    at a time; ``keep=False`` on the processes that do not write (they hold no whole copy: their
+    tensors come back empty)."""
+    from agentgym.sharding import full, is_sharded, kept_here
     weights = None
-    if is_sharded(model):
-        adapter = hasattr(model, "peft_config")
-        keys = set(model.state_dict().keys())
-        weights = {n: full(p, p) for n, p in model.named_parameters() if p.requires_grad or not adapter}
-        if not adapter:
-            weights.update({n: b.detach().cpu() for n, b in model.named_buffers() if n in keys})
-    return weights, learner.state_dict()
+    with kept_here(keep):
+        if is_sharded(model):
+            adapter = hasattr(model, "peft_config")
+            keys = set(model.state_dict().keys())
+            weights = {n: full(p, p) for n, p in model.named_parameters() if p.requires_grad or not adapter}
+            if not adapter:
+                weights.update({n: b.detach().cpu() for n, b in model.named_buffers() if n in keys})
+        return weights, learner.state_dict()
 
 
 def save_checkpoint(run_dir: str | Path, step: int, model: Any, learner: Any, *, config_hash: str,

@@ -36,7 +36,7 @@ from typing import Any, Iterator
 import torch
 
 __all__ = ["is_dtensor", "is_zero3", "is_sharded", "local_data", "snapshot", "swapped", "reshard", "full",
-           "shard_as", "load_full", "full_state", "fsdp_modules"]
+           "shard_as", "load_full", "full_state", "fsdp_modules", "kept_here"]
 
 
 def is_dtensor(t: Any) -> bool:
@@ -130,16 +130,31 @@ def swapped(model: torch.nn.Module, params: dict[str, torch.Tensor] | None) -> I
 
 
 # ------------------------------------------------------------------------------------------ gather / scatter
+_KEEP = [True]
+
+
+@contextlib.contextmanager
+def kept_here(keep: bool) -> Iterator[None]:
+    """Inside, ``full`` still takes part in every gather but returns an empty tensor where ``keep``
+    is False: the processes that do not write a checkpoint hold no whole copy of it."""
+    _KEEP.append(bool(keep))
+    try:
+        yield
+    finally:
+        _KEEP.pop()
+
+
 def full(t: torch.Tensor, param: Any = None) -> torch.Tensor:
     """The whole tensor, on CPU (a collective for a DTensor: every process must call it, in the
     same order). ``param``: the ZeRO-3 parameter whose partition ``t`` is (gathered through
-    DeepSpeed)."""
+    DeepSpeed). Under ``kept_here(False)``: an empty tensor (after taking part)."""
     if is_dtensor(t):
-        return t.full_tensor().detach().cpu()
+        whole = t.full_tensor().detach()
+        return whole.cpu() if _KEEP[-1] else torch.empty(0)
     if param is not None and is_zero3(param):
         import deepspeed
         with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-            return param.data.detach().cpu().clone()
+            return param.data.detach().cpu().clone() if _KEEP[-1] else torch.empty(0)
     return t.detach().cpu()
 
 

@@ -586,7 +586,8 @@ class Trainer:
         from agentgym.checkpoint import gather_for_save, save_checkpoint
         self.accelerator.wait_for_everyone()
         # Sharded weights are gathered whole (every process takes part), then the main process writes.
-        weights, state = gather_for_save(self.learner.unwrapped, self.learner) if self.learner.sharded else (None, None)
+        weights, state = gather_for_save(self.learner.unwrapped, self.learner, keep=self.is_main) \
+            if self.learner.sharded else (None, None)
         if self.is_main:
             save_checkpoint(self.run_dir, step, self.learner.unwrapped, self.learner, config_hash=self.hash,
                             keep=self.config.train.keep_checkpoints, weights=weights, state=state)

@@ -42,7 +42,9 @@ def main():
             metrics = learner.update(data)
             losses.append(metrics["loss"])
             if mode == "train" and k == 1 and case in cases.RESUME_CASES:
-                weights, state = gather_for_save(learner.unwrapped, learner)
+                weights, state = gather_for_save(learner.unwrapped, learner, keep=acc.is_main_process)
+                if not acc.is_main_process:  # took part in every gather, kept nothing
+                    assert all(t.numel() == 0 for t in weights.values())
                 if acc.is_main_process:
                     save_checkpoint(run_dir, 1, learner.unwrapped, learner, config_hash="test", weights=weights,
                                     state=state)
