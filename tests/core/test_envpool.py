@@ -112,6 +112,7 @@ def test_a_killed_worker_truncates_its_episodes_with_the_cause_and_is_respawned(
             index = runner.env_worker("1:0")
             killed.update(index=index, pid=runner.pool.workers[index].pid)
             os.kill(killed["pid"], signal.SIGKILL)
+            runner.pool.workers[index].process.join(10)  # dead before the loop looks again
         return word if turn == 2 else "wrong"
 
     tasks = [{"word": w} for w in WORDS]
