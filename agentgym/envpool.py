@@ -217,8 +217,9 @@ class _Worker:
 
 
 def _plugin_files_for(spec: gym.envs.registration.EnvSpec) -> list[tuple[str, str]]:
-    """Modules imported from a file path (``--import my_envs.py``) that the spec's entry point lives
-    in: the worker imports them the same way before it unpickles the spec."""
+    """Every module imported from a file path (``--import my_envs.py``, ``import_plugins``): the
+    worker imports them the same way before it unpickles the spec, whose entry point may live in one
+    (or need its registrations)."""
     entry = spec.entry_point
     module = sys.modules.get(getattr(entry, "__module__", "") or "")
     files = []

@@ -171,6 +171,23 @@ def test_workers_are_kept_for_the_next_run_with_the_same_env():
     assert pool.closed and not pool.workers[0].process.is_alive()
 
 
+def test_an_env_from_a_plugin_file_runs_in_workers(tmp_path):
+    from agentgym.plugins import import_plugins
+    plugin = tmp_path / "pool_plugin_envs.py"
+    plugin.write_text(
+        "import gymnasium as gym\n"
+        "from agentgym.env import EchoEnv\n"
+        "class ShoutEnv(EchoEnv):\n"
+        "    def _step(self, action):\n"
+        "        return super()._step(action.lower())\n"
+        "if 'pooltest/Shout-v0' not in gym.registry:\n"
+        "    gym.register(id='pooltest/Shout-v0', entry_point=ShoutEnv, disable_env_checker=True)\n")
+    import_plugins(str(plugin))  # a class entry point from a file: the workers import the file too
+    [t] = rollout(ScriptedPolicy(lambda conv: "APPLE"), "pooltest/Shout-v0", [{"word": "apple"}],
+                  progress=False, workers=1)
+    assert t.success and t.error is None and t.metadata["env_worker"] == 0
+
+
 def test_bad_worker_settings_are_clear_errors():
     with pytest.raises(ValueError, match="workers must be an int >= 0"):
         RolloutRunner(ScriptedPolicy(third_turn_right), "agentgym/Echo-v0", 1, workers=-1)
