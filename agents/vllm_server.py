@@ -58,7 +58,12 @@ __all__ = ["VLLMServerPolicy", "ServerError", "launch_vllm_server", "VLLMServerP
 
 
 class ServerError(PolicyError):
-    """A vLLM server request failed (after the retries, for transient failures)."""
+    """A vLLM server request failed (after the retries, for transient failures); ``status`` is the
+    HTTP status when the server answered."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 def _check_url(url: Any) -> str:
@@ -99,8 +104,8 @@ class _Server:
             except urllib.error.HTTPError as exc:
                 text = exc.read().decode("utf-8", "replace")[:500]
                 if exc.code < 500 and exc.code != 429:
-                    raise ServerError(f"{method} {url}: HTTP {exc.code}: {text}") from None
-                last = ServerError(f"{method} {url}: HTTP {exc.code}: {text}")
+                    raise ServerError(f"{method} {url}: HTTP {exc.code}: {text}", exc.code) from None
+                last = ServerError(f"{method} {url}: HTTP {exc.code}: {text}", exc.code)
             except (urllib.error.URLError, TimeoutError, ConnectionError, OSError, ValueError) as exc:
                 last = ServerError(f"{method} {url}: {type(exc).__name__}: {getattr(exc, 'reason', exc)}")
             time.sleep(min(0.2 * 2 ** attempt, 2.0))
@@ -197,8 +202,23 @@ class VLLMServerPolicy(Policy):
             body["top_k"] = sampling.top_k
         if seed is not None:
             body["seed"] = int(seed)
-        out = server.request("POST", "/v1/completions", body)
-        self.requests_per_server[self.servers.index(server)] += 1
+        # A server that stays unreachable after its retries hands the request to the next one (all
+        # serve the same verified version); an HTTP 4xx is the request's fault and is not retried.
+        first = self.servers.index(server)
+        failures = []
+        for k in range(len(self.servers)):
+            server = self.servers[(first + k) % len(self.servers)]
+            try:
+                out = server.request("POST", "/v1/completions", body)
+                break
+            except ServerError as exc:
+                if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
+                    raise
+                failures.append(str(exc))
+        else:
+            raise ServerError(f"no vLLM server answered: {'; '.join(failures)}")
+        with self._lock:
+            self.requests_per_server[self.servers.index(server)] += 1
         try:
             choice = out["choices"][0]
             ids = [int(t) for t in choice["token_ids"]]

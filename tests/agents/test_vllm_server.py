@@ -158,6 +158,20 @@ def test_a_server_left_stale_is_a_weight_sync_error(servers, tiny_model_path):
 
 
 @pytest.mark.vllm
+def test_a_server_that_is_down_hands_its_requests_to_the_others(servers, tiny_tokenizer):
+    from agentgym.agents import SamplingParams
+    from agentgym.agents.vllm_server import VLLMServerPolicy, free_port
+    base = VLLMServerPolicy([servers[0].url], model=None, tokenizer=tiny_tokenizer).model  # asked from the server
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    policy = VLLMServerPolicy([dead, servers[0].url], model=base, tokenizer=tiny_tokenizer, timeout=5)
+    outs = policy.generate([[{"role": "user", "content": f"hi {i}"}] for i in range(4)],
+                           sampling=SamplingParams(max_new_tokens=3, seed=0))
+    assert all(o.token_ids and o.info["server"] == servers[0].url for o in outs)
+    assert policy.requests_per_server == [0, 4]
+    policy.close()
+
+
+@pytest.mark.vllm
 def test_full_weights_run_with_one_server(servers, tmp_path, tiny_model_path):
     trainer = _trainer(tmp_path, "--rollout.servers", json.dumps([servers[0].url]), "--model.lora", "false",
                        "--train.updates", "2", "--learner.lr", "1e-3")
