@@ -455,8 +455,8 @@ class Trainer:
         rows = outcomes(trajs, declared.category_field)
         pairs = reference_actions(trajs, e.id, self.tokenizer)
         if self.world > 1:
-            # Every process scores the same gathered list in the same order: under FSDP / ZeRO-3 a
-            # forward is collective, so no process may score a different number of actions.
+            # Every process scores the same gathered list in the same order, so the main process's
+            # record covers every held-out task and no process runs a different number of passes.
             from accelerate.utils import gather_object
             rows, pairs = gather_object(rows), {k: v for part in gather_object([pairs]) for k, v in part.items()}
         reference = {task: self._score_action(*pairs[task]) for task in sorted(pairs)}
