@@ -15,6 +15,8 @@ policy whose ``generate`` takes ``seeds=``. So the steps of an episode and the m
 draw independent samples, and a run's samples depend only on those numbers - not on which episodes
 share a batch, ``max_concurrent``, a resumed run's skipped episodes or the process's RNG state.
 An env that raises is closed and its episode recorded as truncated with the error; the run goes on.
+With ``workers=N`` (``env.workers``) the envs live in N worker processes (``agentgym.envpool``) and
+generation overlaps their steps; a worker that dies truncates its episodes with the cause.
 A policy that raises (a permanent API error, say) stops the run: finished episodes are already in
 the store.
 
