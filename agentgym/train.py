@@ -161,7 +161,8 @@ def load_model(cfg: RunConfig, device: Any, source: Any = None) -> tuple[Any, An
              "bfloat16": torch.bfloat16, "float16": torch.float16}[m.dtype]
     torch.manual_seed(cfg.train.seed)
     source = source or resolve_model(m.name)
-    attn = _attention(m.attn_implementation, device, dtype)
+    from agentgym.agents.models import check_attention
+    attn = check_attention(m.attn_implementation, device, dtype)
     tokenizer = AutoTokenizer.from_pretrained(source.path)
     if source.build is not None:
         model = source.build().to(dtype)
@@ -171,25 +172,6 @@ def load_model(cfg: RunConfig, device: Any, source: Any = None) -> tuple[Any, An
         model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype,
                                                      **({"attn_implementation": attn} if attn else {}))
     return _prepare_model(cfg, model, tokenizer, device), tokenizer, source.name
-
-
-def _attention(name: str | None, device: Any, dtype: Any) -> str | None:
-    """``model.attn_implementation``, refused with the reason where it cannot run."""
-    import importlib.util
-
-    import torch
-    if name == "flash_attention_2":
-        problems = []
-        if importlib.util.find_spec("flash_attn") is None:
-            problems.append("the flash-attn package is not installed (pip install flash-attn --no-build-isolation)")
-        if device.type != "cuda":
-            problems.append(f"the learner runs on {device.type}, flash-attention 2 needs a CUDA GPU")
-        if dtype not in (torch.bfloat16, torch.float16):
-            problems.append(f"the weights are {dtype}, flash-attention 2 needs bfloat16 or float16 (model.dtype)")
-        if problems:
-            raise ValueError("model.attn_implementation = 'flash_attention_2': " + "; ".join(problems) +
-                             "; use 'sdpa' instead")
-    return name
 
 
 def _prepare_model(cfg: RunConfig, model: Any, tokenizer: Any, device: Any) -> Any:

@@ -32,7 +32,7 @@ from agentgym.paths import data_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-__all__ = ["build_tiny_model", "build_smollm2", "TINY_CHAT_TEMPLATE", "MODEL_BUILDERS", "main"]
+__all__ = ["build_tiny_model", "build_smollm2", "TINY_CHAT_TEMPLATE", "MODEL_BUILDERS", "check_attention", "main"]
 
 # A ChatML template (the Qwen2.5 / Hermes family) that renders tools into the system turn and tool
 # calls / tool results the way those models were trained to see them. It is append-only across turns:
@@ -327,6 +327,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print(MODEL_BUILDERS[args.name](args.path))
     return 0
+
+
+def check_attention(name: str | None, device: Any, dtype: Any) -> str | None:
+    """``model.attn_implementation``, refused with the reason where it cannot run."""
+    import importlib.util
+
+    import torch
+    if name == "flash_attention_2":
+        problems = []
+        if importlib.util.find_spec("flash_attn") is None:
+            problems.append("the flash-attn package is not installed (pip install flash-attn --no-build-isolation)")
+        if device.type != "cuda":
+            problems.append(f"the learner runs on {device.type}, flash-attention 2 needs a CUDA GPU")
+        if dtype not in (torch.bfloat16, torch.float16):
+            problems.append(f"the weights are {dtype}, flash-attention 2 needs bfloat16 or float16 (model.dtype)")
+        if problems:
+            raise ValueError("model.attn_implementation = 'flash_attention_2': " + "; ".join(problems) +
+                             "; use 'sdpa' instead")
+    return name
 
 
 if __name__ == "__main__":
