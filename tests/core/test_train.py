@@ -171,12 +171,10 @@ def test_training_with_vllm_rollouts_keeps_the_engine_in_sync(tmp_path):
     engine = ["--rollout.backend", "vllm", "--rollout.vllm_kwargs",
               json.dumps({"dtype": "float32", "max_model_len": 4096, "kv_cache_memory_bytes": 1 << 29})]
     first = _trainer(tmp_path, "--train.updates", "2", *engine)
-    first.run()
+    first.run()  # every push is verified inside run() (a stale engine raises WeightSyncError); run() closes it
     assert first.backend.policy._lora.lora_int_id == 3  # the start + one push per update
-    assert first.backend.policy.verify(first.policy) <= 0.05
     train = [m for m in _metrics(tmp_path) if m["phase"] == "train"]
     assert len(train) == 2 and all(m["loss"] > 0 for m in train)
-    first.backend.policy.close()
     resumed = _trainer(tmp_path, "--train.updates", "3", *engine)
     resumed.run()
     assert resumed.start == 2 and resumed.backend.policy._lora.lora_int_id == 2
