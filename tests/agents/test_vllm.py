@@ -92,15 +92,19 @@ def test_sampling_log_probs_are_of_the_temperature_scaled_distribution(engine, t
     from agentgym.agents import SamplingParams
 
     trainer = _synced_trainer(engine, tiny_model_path)
-    _perturb(trainer.model, scale=3.0)  # a peaked distribution, so temperature visibly matters
+    _perturb(trainer.model, scale=1.0)  # a less flat distribution, so temperature matters
     engine.push_weights(trainer)
     for temperature in (0.5, 1.5):
         [out] = engine.generate([[{"role": "user", "content": "hi"}]],
                                 sampling=SamplingParams(temperature=temperature, max_new_tokens=8, seed=1))
-        scaled = trainer.score(out.prompt_ids, out.token_ids, temperature=temperature).logprobs
-        raw = trainer.score(out.prompt_ids, out.token_ids).logprobs
-        assert out.logprobs == pytest.approx(scaled, abs=TOL)  # what the learners recompute
-        assert max(abs(a - b) for a, b in zip(raw, scaled)) > 5 * TOL  # and the check can tell
+        scaled = trainer.score(out.prompt_ids, out.token_ids, temperature=temperature, top_k=5)
+        raw = trainer.score(out.prompt_ids, out.token_ids, top_k=5)
+        assert out.logprobs == pytest.approx(scaled.logprobs, abs=TOL)  # what the learners recompute
+        # ...and the check can tell the two distributions apart: the sampled token alone may sit where
+        # temperature barely moves its log-prob, so compare each position's top-5 alternatives.
+        gap = max(abs(a - b) for r, s in zip(raw.topk_logprobs, scaled.topk_logprobs)
+                  for a, b in zip(sorted(r), sorted(s)))
+        assert gap > 5 * TOL
     with pytest.raises(ValueError, match="temperature 1.0 only, got 0.5"):
         engine.score(out.prompt_ids, out.token_ids, temperature=0.5)
 
