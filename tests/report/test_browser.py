@@ -42,7 +42,8 @@ def test_report_loads_filters_and_highlights_targets(browser, run_a, run_b, tiny
     trajs = list(read_trajectories(run_a / "trajectories.jsonl"))
     _open(browser, out)
     assert _errors(browser) == []
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#curves svg.chart")) == 5
+    from agentgym.report.svg import CURVE_METRICS
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#curves svg.chart")) == len(CURVE_METRICS)  # 6 curves
 
     total = len(trajs)
     assert len(_rows(browser)) == total
