@@ -48,7 +48,7 @@ from agentgym.rollout import failed_at_reset
 from agentgym.types import FeedbackKind
 from agentgym.plugins import LEARNERS, ROLLOUT_BACKENDS, SELECTORS, SOURCES, TEACHERS, UnknownPluginError
 
-__all__ = ["main", "eval_main", "Trainer", "TrainingError", "Preset", "PRESETS", "load_model"]
+__all__ = ["main", "Trainer", "TrainingError", "Preset", "PRESETS", "load_model"]
 
 
 class TrainingError(RuntimeError):
@@ -779,9 +779,3 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({**summary, "run_dir": str(trainer.run_dir),
                           "wall_seconds": round(time.perf_counter() - started, 1)}, indent=2))
     return 0
-
-
-def eval_main(argv: list[str] | None = None) -> int:
-    """``agentgym eval``: see ``agentgym.evaluation.eval_main``."""
-    from agentgym.evaluation import eval_main as main_
-    return main_(argv)

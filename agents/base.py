@@ -148,6 +148,16 @@ def as_chat(message: Message | dict[str, Any]) -> dict[str, Any]:
     return message.to_chat() if isinstance(message, Message) else dict(message)
 
 
+def request_prompts(policy: Any, conversations: Sequence[Any], tools: Any,
+                    prompt_ids: Sequence[Sequence[int] | None] | None) -> list[list[int]]:
+    """The prompt ids of each request: ``prompt_ids[i]`` when given (the recorded context, so a
+    continuation stays token-exact), else ``policy.renderer.prompt_ids`` of conversation ``i`` with
+    its tools (the renderer is only needed for conversations without recorded ids)."""
+    tools_per = per_conversation(tools, len(conversations), "tools")
+    return [list(prompt_ids[i]) if prompt_ids is not None and prompt_ids[i] is not None
+            else policy.renderer.prompt_ids(conv, tools_per[i]) for i, conv in enumerate(conversations)]
+
+
 def per_conversation(value: Any, n: int, what: str) -> list[Any]:
     """Broadcast ``tools`` (one list for all, or one per conversation) to ``n`` entries."""
     if value is None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from agentgym.agents.base import (Conversation, Generation, Policy, PolicyError, SamplingParams, ScoreResult,
-                                  per_conversation, request_seeds)
+                                  request_prompts, request_seeds)
 from agentgym.agents.chat import ChatRenderer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -85,12 +85,8 @@ class TransformersPolicy(Policy):
                  prompt_ids: Sequence[Sequence[int] | None] | None = None,
                  seeds: Sequence[int | None] | None = None) -> list[Generation]:
         sampling = sampling or SamplingParams()
-        tools_per = per_conversation(tools, len(conversations), "tools")
         row_seeds = request_seeds(sampling, len(conversations), seeds)
-        prompts = []
-        for i, conv in enumerate(conversations):
-            given = prompt_ids[i] if prompt_ids is not None else None
-            prompts.append(list(given) if given is not None else self.renderer.prompt_ids(conv, tools_per[i]))
+        prompts = request_prompts(self, conversations, tools, prompt_ids)
         out: list[Generation] = []
         for start in range(0, len(prompts), self.batch_size):
             end = start + self.batch_size

@@ -20,7 +20,7 @@ import tempfile
 from typing import Any, Sequence
 
 from agentgym.agents.base import (Conversation, Generation, Policy, PolicyError, SamplingParams, ScoreResult,
-                                  per_conversation, request_seeds)
+                                  request_prompts, request_seeds)
 from agentgym.agents.chat import ChatRenderer
 
 __all__ = ["VLLMPolicy", "WeightSyncError", "require_vllm"]
@@ -101,9 +101,7 @@ class VLLMPolicy(Policy):
 
         sampling = sampling or SamplingParams()
         row_seeds = request_seeds(sampling, len(conversations), seeds)
-        tools_per = per_conversation(tools, len(conversations), "tools")
-        prompts = [list(prompt_ids[i]) if prompt_ids is not None and prompt_ids[i] is not None
-                   else self.renderer.prompt_ids(conv, tools_per[i]) for i, conv in enumerate(conversations)]
+        prompts = request_prompts(self, conversations, tools, prompt_ids)
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts],
                                  [self._sampling(sampling, seed) for seed in row_seeds],
                                  lora_request=self._lora, use_tqdm=False)

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from agentgym.agents.base import (Conversation, Generation, Policy, PolicyError, SamplingParams, ScoreResult,
-                                  per_conversation, request_seeds)
+                                  request_prompts, request_seeds)
 from agentgym.agents.vllm_policy import WeightSyncError
 
 __all__ = ["VLLMServerPolicy", "ServerError", "launch_vllm_server", "VLLMServerProcess", "free_port"]
@@ -182,9 +182,7 @@ class VLLMServerPolicy(Policy):
                  seeds: Sequence[int | None] | None = None) -> list[Generation]:
         sampling = sampling or SamplingParams()
         row_seeds = request_seeds(sampling, len(conversations), seeds)
-        tools_per = per_conversation(tools, len(conversations), "tools")
-        prompts = [list(prompt_ids[i]) if prompt_ids is not None and prompt_ids[i] is not None
-                   else self.renderer.prompt_ids(conv, tools_per[i]) for i, conv in enumerate(conversations)]
+        prompts = request_prompts(self, conversations, tools, prompt_ids)
         with self._lock:
             start = next(self._rr)
             served, version = self.served, self.version

@@ -26,11 +26,9 @@ reshaped: TextWorld's ``-= Welcome to TextWorld, ALFRED! =-`` banner is dropped 
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import re
-import threading
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -41,7 +39,7 @@ from agentgym.parsing import tag_contents
 from agentgym.types import Feedback, FeedbackKind, Message
 
 from .engine import Engine, install_translation_cache
-from .textcache import DEFAULT_SIZE, install_text_caches
+from .textcache import DEFAULT_SIZE, LRUMemo, install_text_caches
 from .games import TASK_TYPES, GameInfo, default_game_dirs, find_games
 
 __all__ = ["ALFWorldEnv", "parse_command", "NOTHING_HAPPENS", "SYSTEM_PROMPT"]
@@ -55,42 +53,8 @@ SYSTEM_PROMPT = (
     "the command as plain text.")
 
 
-class _PlanCache:
-    """A bounded, thread-safe LRU of expert plans shared by the envs of one process."""
-
-    def __init__(self, maxsize: int = 256):
-        self.maxsize = maxsize
-        self._memo: collections.OrderedDict[tuple, tuple[tuple[str, ...], bool]] = collections.OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    def get(self, key: tuple) -> tuple[tuple[str, ...], bool] | None:
-        with self._lock:
-            value = self._memo.get(key)
-            if value is None:
-                self.misses += 1
-                return None
-            self._memo.move_to_end(key)
-            self.hits += 1
-            return value
-
-    def put(self, key: tuple, value: tuple[tuple[str, ...], bool]) -> None:
-        with self._lock:
-            self._memo[key] = value
-            self._memo.move_to_end(key)
-            while len(self._memo) > self.maxsize:
-                self._memo.popitem(last=False)
-
-    def resize(self, maxsize: int) -> None:
-        with self._lock:
-            self.maxsize = max(self.maxsize, maxsize)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._memo.clear()
-
-
-_PLANS = _PlanCache()
+# Expert plans shared by the envs of one process (bounded; grown to the game pool by _size_caches).
+_PLANS = LRUMemo(None, maxsize=256)
 _BANNER = re.compile(r"^\s*-= Welcome to TextWorld, ALFRED! =-\s*", re.S)
 _TASK_LINE = re.compile(r"^Your task is to: .*$", re.M)
 
@@ -321,12 +285,11 @@ class ALFWorldEnv(AgentEnv):
         trainer shares it - keyed by the file and its size and modification time."""
         stat = os.stat(gamefile)
         key = (gamefile, stat.st_size, stat.st_mtime_ns, self._episode_seed, self.expert_max_steps)
-        cached = _PLANS.get(key)
-        if cached is not None:
-            return list(cached[0]), cached[1]
-        plan, won = self._engine.expert_rollout([], self._episode_seed, self.expert_max_steps)
-        _PLANS.put(key, (tuple(plan), won))
-        return plan, won
+        def rollout() -> tuple[tuple[str, ...], bool]:
+            plan, won = self._engine.expert_rollout([], self._episode_seed, self.expert_max_steps)
+            return tuple(plan), won
+        plan, won = _PLANS.get(key, rollout)
+        return list(plan), won
 
     def _origin_of(self, gamefile: str) -> str:
         for game in self._pool or []:

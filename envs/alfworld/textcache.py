@@ -42,9 +42,10 @@ _ORIGINAL_COPY_CONTEXT = _textgen.copy_context
 
 
 class LRUMemo:
-    """A bounded, thread-safe LRU memo of ``function(*key)`` (keys: hashable tuples)."""
+    """A bounded, thread-safe LRU memo of ``function(*key)`` (keys: hashable tuples); ``get(key,
+    compute)`` memoises ``compute()`` instead, for values that need more than the key to compute."""
 
-    def __init__(self, function: Callable[..., Any], maxsize: int = DEFAULT_SIZE):
+    def __init__(self, function: Callable[..., Any] | None, maxsize: int = DEFAULT_SIZE):
         if maxsize < 1:
             raise ValueError(f"maxsize must be >= 1, got {maxsize}")
         self.function, self.maxsize = function, maxsize
@@ -55,13 +56,14 @@ class LRUMemo:
     def __len__(self) -> int:
         return len(self._memo)
 
-    def get(self, key: tuple) -> Any:
+    def get(self, key: tuple, compute: Callable[[], Any] | None = None) -> Any:
         with self._lock:
             if key in self._memo:
                 self._memo.move_to_end(key)
                 self.hits += 1
                 return self._memo[key]
-        value = self.function(*key)  # outside the lock: a parse can take milliseconds
+        # Outside the lock: a parse takes milliseconds, an expert plan longer.
+        value = compute() if compute is not None else self.function(*key)
         with self._lock:
             self.misses += 1
             self._memo[key] = value
