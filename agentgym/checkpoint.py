@@ -3,16 +3,29 @@
 ``RUN_DIR/checkpoints/step-K/`` holds (see the run-folder contract):
 
 - ``model/``: the peft adapter (``save_pretrained``) or the full model;
-- ``optimizer.pt``: the optimizer state;
-- ``teacher.pt``: the teacher's weights (the EMA / refreshed copy of the trainable parameters, i.e.
-  the second adapter under LoRA) with its mode, or None for learners without a teacher;
-- ``schedule.pt``: the update counter (schedules such as SERL's lambda derive from it) and the
-  reference weights of the KL term when it is on;
-- ``rng.pt``: python / numpy / torch (and CUDA) RNG states;
-- ``manifest.json``: ``{"version": 1, "files": {relative path: {"sha256": ..., "size": ...}}}`` for
+- ``optimizer.safetensors``: the optimizer state;
+- ``teacher.safetensors``: the teacher's weights (the EMA / refreshed copy of the trainable
+  parameters, i.e. the second adapter under LoRA) with its mode, or None for learners without one;
+- ``schedule.safetensors``: the update counter (schedules such as SERL's lambda derive from it) and
+  the reference weights of the KL term when it is on;
+- ``rng.safetensors``: python / numpy / torch (and CUDA) RNG states;
+- ``manifest.json``: ``{"version": 2, "files": {relative path: {"sha256": ..., "size": ...}}}`` for
   every file above;
 - ``state.json``: ``{"step": K, "config_hash": ..., "time": ..., "manifest_sha256": ..., "checksum": ...}``,
   written last, so a checkpoint without it is incomplete and ignored.
+
+Data, never code. A checkpoint is often someone else's (a shared run folder), so nothing in it is
+unpickled: each state file is a safetensors file whose tensors are the state's tensors and whose
+metadata holds the rest of the nested structure as JSON (dicts, lists, tuples, numbers, strings; see
+``encode_tree``). Checkpoints of older agentgym versions (``*.pt``, manifest version 1) are read with
+``torch.load(weights_only=True)`` and only the numpy types of an RNG state allowed besides torch's own
+safe types; anything else in them is refused with a message and never executed. ``manifest.json`` and
+``state.json`` are validated against schemas (pydantic), every file name must resolve to a regular
+file inside the checkpoint folder (no absolute names, ``..`` or symbolic links), and any damage is a
+one-line ``CheckpointError`` that makes ``latest_intact_checkpoint`` fall back to an older one. The
+checksums only detect accidental damage: a forger can recompute them, which is why loading must be
+safe on its own. A ``checkpoints`` folder that is a symbolic link is refused for writing (saving
+prunes old checkpoints in it), and step folders that are links are not checkpoints.
 
 Crash consistency. A checkpoint is written to a temporary folder ``checkpoints/.step-K-XXXX``, every
 file and folder is fsynced, the manifest and then ``state.json`` are written (and fsynced), and the
@@ -41,16 +54,19 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
+import re
 import random
 import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentgym.errors import CheckpointError
 from agentgym.faults import crash_point
@@ -60,7 +76,7 @@ __all__ = ["save_checkpoint", "latest_checkpoint", "latest_intact_checkpoint", "
            "assert_finite", "rng_state", "set_rng_state", "CheckpointError", "NonFiniteCheckpointError",
            "CheckpointWarning", "gather_for_save"]
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 1: the state files were torch.save pickles (*.pt)
 _TMP_PREFIX = ".step-"
 
 
@@ -88,6 +104,135 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# ------------------------------------------------------------------------------------------ state files
+# Markers of the JSON tree stored in a state file's safetensors metadata (a plain dict never uses them:
+# a dict with a non-string key or a key starting with "__" is stored as a list of pairs instead).
+_TENSOR, _TUPLE, _DICT, _FLOAT, _ARRAY = "__tensor__", "__tuple__", "__dict__", "__float__", "__ndarray__"
+_ARRAY_DTYPES = ("bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
+                 "float16", "float32", "float64")
+_TREE_KEY = "agentgym.tree"
+STATE_PARTS = ("optimizer", "teacher", "schedule", "rng")  # the state files besides the model weights
+
+
+def encode_tree(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """``obj`` (nested dicts / lists / tuples of tensors, numpy arrays, numbers, strings, None) as a
+    JSON-able tree; its tensors are added to ``tensors`` (named by their order) and referenced by
+    name. Any other type is a ``CheckpointError`` (it would need pickle).
+
+    >>> tensors = {}
+    >>> encode_tree({"step": 3, "betas": (0.9, 0.99), "m": torch.zeros(2)}, tensors), list(tensors)
+    ({'step': 3, 'betas': {'__tuple__': [0.9, 0.99]}, 'm': {'__tensor__': '0'}}, ['0'])
+    """
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else {_FLOAT: repr(float(obj))}
+    if isinstance(obj, torch.Tensor):
+        name = str(len(tensors))
+        t = obj.detach().cpu().contiguous()
+        storage = t.untyped_storage().data_ptr()
+        if t.numel() == 0 or any(u.untyped_storage().data_ptr() == storage for u in tensors.values() if u.numel()):
+            t = t.clone()  # safetensors refuses tensors that share memory
+        tensors[name] = t
+        return {_TENSOR: name}
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.name not in _ARRAY_DTYPES:
+            raise CheckpointError(f"cannot store a numpy array of dtype {obj.dtype} in a checkpoint")
+        return {_ARRAY: obj.tolist(), "dtype": obj.dtype.name}
+    if isinstance(obj, tuple):
+        return {_TUPLE: [encode_tree(v, tensors) for v in obj]}
+    if isinstance(obj, list):
+        return [encode_tree(v, tensors) for v in obj]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: encode_tree(v, tensors) for k, v in obj.items()}
+        for k in obj:
+            if not isinstance(k, (str, int)) or isinstance(k, bool):
+                raise CheckpointError(f"cannot store a dict key of type {type(k).__name__} ({k!r}) in a checkpoint")
+        return {_DICT: [[k, encode_tree(v, tensors)] for k, v in obj.items()]}
+    raise CheckpointError(f"cannot store a {type(obj).__module__}.{type(obj).__qualname__} in a checkpoint "
+                          "(only tensors, numpy arrays, numbers, strings, None and dicts / lists / tuples of them)")
+
+
+def decode_tree(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """The inverse of ``encode_tree``; anything that is not such a tree is a ``ValueError``."""
+    if tree is None or isinstance(tree, (bool, int, float, str)):
+        return tree
+    if isinstance(tree, list):
+        return [decode_tree(v, tensors) for v in tree]
+    if not isinstance(tree, dict):
+        raise ValueError(f"unexpected {type(tree).__name__} in a state tree")
+    if len(tree) == 1 and _TENSOR in tree:
+        name = tree[_TENSOR]
+        if not isinstance(name, str) or name not in tensors:
+            raise ValueError(f"reference to a tensor {name!r} the file does not hold")
+        return tensors[name]
+    if len(tree) == 1 and _TUPLE in tree and isinstance(tree[_TUPLE], list):
+        return tuple(decode_tree(v, tensors) for v in tree[_TUPLE])
+    if len(tree) == 1 and _FLOAT in tree:
+        if tree[_FLOAT] not in ("nan", "inf", "-inf"):
+            raise ValueError(f"bad non-finite float {tree[_FLOAT]!r}")
+        return float(tree[_FLOAT])
+    if set(tree) == {_ARRAY, "dtype"}:
+        if tree["dtype"] not in _ARRAY_DTYPES or not isinstance(tree[_ARRAY], list):
+            raise ValueError(f"bad numpy array (dtype {tree['dtype']!r})")
+        return np.asarray(tree[_ARRAY], dtype=tree["dtype"])
+    if len(tree) == 1 and _DICT in tree and isinstance(tree[_DICT], list):
+        out = {}
+        for pair in tree[_DICT]:
+            if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], (str, int))):
+                raise ValueError("bad dict entry in a state tree")
+            out[pair[0]] = decode_tree(pair[1], tensors)
+        return out
+    if any(k.startswith("__") for k in tree):
+        raise ValueError(f"unknown marker in a state tree: {sorted(tree)[:3]}")
+    return {k: decode_tree(v, tensors) for k, v in tree.items()}
+
+
+def save_state_file(obj: Any, path: str | Path) -> None:
+    """Write ``obj`` (see ``encode_tree``) as one safetensors file: its tensors, and the rest of it as
+    JSON in the file's metadata. No pickle is involved in writing or reading it."""
+    from safetensors.torch import save_file
+    tensors: dict[str, torch.Tensor] = {}
+    tree = encode_tree(obj, tensors)
+    save_file(tensors, str(path), metadata={_TREE_KEY: json.dumps(tree, allow_nan=False)})
+
+
+def load_state_file(path: str | Path) -> Any:
+    """Read a file written by ``save_state_file`` (``ValueError`` / safetensors errors when it is not one)."""
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        metadata = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if _TREE_KEY not in metadata:
+        raise ValueError(f"not an agentgym state file (no {_TREE_KEY!r} metadata)")
+    return decode_tree(json.loads(metadata[_TREE_KEY]), tensors)
+
+
+def _legacy_globals() -> list[Any]:
+    """What ``torch.load(weights_only=True)`` may build from an older checkpoint's ``*.pt`` files
+    besides torch's own safe types: the numpy array of the numpy RNG state, nothing else."""
+    import numpy.core.multiarray as multiarray
+    allowed: list[Any] = [multiarray._reconstruct, np.ndarray, np.dtype]
+    allowed += [type(np.dtype(name)) for name in _ARRAY_DTYPES]
+    return allowed
+
+
+def load_legacy_file(path: str | Path) -> Any:
+    """A ``*.pt`` state file of an older agentgym, read with ``torch.load(weights_only=True)`` (torch's
+    restricted unpickler) and ``_legacy_globals``: a file that needs anything else is refused, unread."""
+    with torch.serialization.safe_globals(_legacy_globals()):
+        try:
+            return torch.load(path, weights_only=True, map_location="cpu")
+        except Exception as exc:  # noqa: BLE001 - torch's message is long: keep its first line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{path}: written by an older agentgym (pickle format) and not loadable safely: "
+                                  f"{first[:300]}; nothing in it was executed. Resume from a checkpoint written by "
+                                  f"this version, or start the run over") from None
+
+
 # ------------------------------------------------------------------------------------------ helpers
 def _step_of(path: Path) -> int | None:
     name = path.name
@@ -102,7 +247,8 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [(s, p) for p in root.iterdir() if p.is_dir() and (s := _step_of(p)) is not None]
+    found = [(s, p) for p in root.iterdir()
+             if not p.is_symlink() and p.is_dir() and (s := _step_of(p)) is not None]
     return [p for _, p in sorted(found, key=lambda sp: sp[0], reverse=True)]
 
 
@@ -248,6 +394,9 @@ def save_checkpoint(run_dir: str | Path, step: int, model: Any, learner: Any, *,
     ``state_dict()`` is taken here.
     """
     root = Path(run_dir) / "checkpoints"
+    if root.is_symlink():
+        raise CheckpointError(f"saving checkpoint step-{step}: {root} is a symbolic link (to {os.readlink(root)!r}); "
+                              "refusing to write (and prune old checkpoints) through it")
     created = not root.is_dir()
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -270,10 +419,10 @@ def save_checkpoint(run_dir: str | Path, step: int, model: Any, learner: Any, *,
                 model.save_pretrained(tmp / "model", state_dict=weights)
             else:
                 model.save_pretrained(tmp / "model")
-            torch.save(state.pop("optimizer"), tmp / "optimizer.pt")
-            torch.save(state.pop("teacher"), tmp / "teacher.pt")
-            torch.save(state, tmp / "schedule.pt")
-            torch.save(rng_state(), tmp / "rng.pt")
+            save_state_file(state.pop("optimizer"), tmp / "optimizer.safetensors")
+            save_state_file(state.pop("teacher"), tmp / "teacher.safetensors")
+            save_state_file(state, tmp / "schedule.safetensors")
+            save_state_file(rng_state(), tmp / "rng.safetensors")
             files: dict[str, dict[str, Any]] = {}
             dirs = [tmp]
             for p in sorted(tmp.rglob("*")):
@@ -347,52 +496,118 @@ def _prune(run_dir: str | Path, final: Path, keep: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------ verify / find
+class _FileEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    sha256: str = Field(pattern="^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+
+
+class _Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    version: Literal[1, 2]
+    files: dict[str, _FileEntry] = Field(min_length=1)
+
+
+class _State(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    step: int = Field(ge=0)
+    config_hash: str | None = None
+    manifest_sha256: str = Field(pattern="^[0-9a-f]{64}$")
+    checksum: str
+
+
+_MAX_JSON_BYTES = 16 << 20  # state.json / manifest.json of any real checkpoint are a few KB
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
+
+
+def _schema_error(path: Path, name: str, exc: ValidationError) -> CheckpointError:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return CheckpointError(f"{path}/{name} does not match its schema: {where}: {err['msg']} "
+                           f"(got {str(err.get('input'))[:80]!r}){more}")
+
+
+def _read_json_file(path: Path, name: str) -> tuple[bytes, Any]:
+    from agentgym.safeio import read_regular
+    try:
+        raw = read_regular(path / name, _MAX_JSON_BYTES, name)
+        return raw, json.loads(raw)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: {name} is missing or unreadable ({exc.strerror or exc})") from None
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{path}/{name}: unreadable ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _inside(path: Path, rel: Any) -> Path:
+    """``path / rel`` for a manifest name that stays inside the checkpoint folder and is a regular file
+    (not a link); ``CheckpointError`` otherwise."""
+    parts = rel.split("/") if isinstance(rel, str) else []
+    if not _NAME.match(rel if isinstance(rel, str) else "") or any(p in (".", "..") for p in parts):
+        raise CheckpointError(f"{path}/manifest.json names {str(rel)[:120]!r}, which is not a file name inside "
+                              "the checkpoint folder")
+    f = path
+    for part in parts:
+        f = f / part
+        if f.is_symlink():
+            raise CheckpointError(f"{path}: {rel} is (inside) a symbolic link; a checkpoint's files are never "
+                                  "read through links")
+    if not f.is_file():
+        raise CheckpointError(f"{path}: {rel} is missing")
+    return f
+
+
 def verify_checkpoint(path: str | Path, *, deep: bool = True) -> dict[str, Any]:
     """Check a checkpoint folder; return its ``state.json`` or raise ``CheckpointError`` saying what
-    is wrong. ``deep`` (default) hashes every file; ``deep=False`` only checks presence and sizes.
+    is wrong (one line). ``deep`` (default) hashes every file; ``deep=False`` only checks presence and
+    sizes. ``state.json`` and ``manifest.json`` must match their schemas, every name in the manifest
+    must be a regular file inside the folder (no absolute names, ``..`` or links), and the manifest
+    must list the files ``load_checkpoint`` reads.
 
     A checkpoint written before manifests existed (no ``manifest_sha256`` in ``state.json``) passes
     with a ``CheckpointWarning`` that it could not be verified.
     """
     path = Path(path)
-    state_file = path / "state.json"
-    if not state_file.is_file():
+    if not (path / "state.json").is_file():
         raise CheckpointError(f"{path}: incomplete (no state.json)")
-    try:
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-        if not isinstance(state, dict):
-            raise ValueError("not a JSON object")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}/state.json: unreadable ({exc})") from None
+    _, state = _read_json_file(path, "state.json")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}/state.json: unreadable (not a JSON object)")
     if _step_of(path) is not None and state.get("step") != _step_of(path):
-        raise CheckpointError(f"{path}/state.json: step {state.get('step')!r} does not match the folder name")
+        raise CheckpointError(f"{path}/state.json: step {str(state.get('step'))[:40]!r} does not match the folder name")
     if "manifest_sha256" not in state:
         warnings.warn(f"{path}: written without a manifest (an older agentgym): its files cannot be verified",
                       CheckpointWarning, stacklevel=2)
         return state
+    try:
+        _State.model_validate(state)
+    except ValidationError as exc:
+        raise _schema_error(path, "state.json", exc) from None
     if state.get("checksum") != _state_checksum(state):
         raise CheckpointError(f"{path}/state.json: checksum mismatch (the file was altered)")
-    manifest_file = path / "manifest.json"
-    try:
-        raw = manifest_file.read_bytes()
-    except OSError as exc:
-        raise CheckpointError(f"{path}: manifest.json is missing or unreadable ({exc})") from None
+    raw, manifest_data = _read_json_file(path, "manifest.json")
     if hashlib.sha256(raw).hexdigest() != state["manifest_sha256"]:
         raise CheckpointError(f"{path}/manifest.json: sha256 mismatch (the manifest was altered or truncated)")
-    files = json.loads(raw)["files"]
-    if not files:
-        raise CheckpointError(f"{path}/manifest.json lists no files")
-    for rel, meta in files.items():
-        f = path / rel
-        if not f.is_file():
-            raise CheckpointError(f"{path}: {rel} is missing")
+    try:
+        manifest = _Manifest.model_validate(manifest_data)
+    except ValidationError as exc:
+        raise _schema_error(path, "manifest.json", exc) from None
+    ext = ".pt" if manifest.version == 1 else ".safetensors"
+    needed = [f"{part}{ext}" for part in STATE_PARTS]
+    missing = [n for n in needed if n not in manifest.files]
+    if not any(n.startswith("model/") and n.endswith(".safetensors") for n in manifest.files):
+        missing.append("model/*.safetensors")
+    if missing:
+        raise CheckpointError(f"{path}/manifest.json does not list {', '.join(missing)}")
+    for rel, meta in manifest.files.items():
+        f = _inside(path, rel)
         size = f.stat().st_size
-        if size != meta["size"]:
-            raise CheckpointError(f"{path}: {rel} has {size} bytes, the manifest says {meta['size']} "
-                                  f"({'emptied' if size == 0 else 'truncated' if size < meta['size'] else 'grown'})")
+        if size != meta.size:
+            raise CheckpointError(f"{path}: {rel} has {size} bytes, the manifest says {meta.size} "
+                                  f"({'emptied' if size == 0 else 'truncated' if size < meta.size else 'grown'})")
         if deep:
             digest, _ = _sha256(f)
-            if digest != meta["sha256"]:
+            if digest != meta.sha256:
                 raise CheckpointError(f"{path}: {rel} sha256 mismatch (its bytes were altered)")
     return state
 
@@ -444,8 +659,20 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 def _read(path: Path, what: str, reader) -> Any:
     try:
         return reader(path)
-    except Exception as exc:  # torch / pickle / safetensors / zip errors all differ: report one kind
-        raise CheckpointError(f"{path}: cannot read {what} ({type(exc).__name__}: {exc})") from exc
+    except CheckpointError:
+        raise
+    except (Exception, RecursionError) as exc:  # torch / safetensors / JSON errors all differ: report one kind
+        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise CheckpointError(f"{path}: cannot read {what} ({type(exc).__name__}: {text})") from None
+
+
+def _read_part(path: Path, part: str, what: str) -> Any:
+    """A state file: ``part.safetensors`` (this version), else an older version's ``part.pt`` read
+    with ``load_legacy_file``; never through a symbolic link."""
+    new, old = path / f"{part}.safetensors", path / f"{part}.pt"
+    if new.exists() or new.is_symlink() or not (old.exists() or old.is_symlink()):
+        return _read(_inside(path, new.name), what, load_state_file)
+    return _read(_inside(path, old.name), what, load_legacy_file)
 
 
 def load_checkpoint(path: str | Path, model: Any, learner: Any, *, config_hash: str | None = None,
@@ -466,13 +693,21 @@ def load_checkpoint(path: str | Path, model: Any, learner: Any, *, config_hash: 
         raise ValueError(f"checkpoint {path} was written by a different configuration "
                          f"(hash {state.get('config_hash')} != {config_hash}); use a new run_dir or --train.resume false")
     weights = _load_weights(path / "model")
-    load = lambda p: torch.load(p, weights_only=False, map_location="cpu")  # noqa: E731
-    learner_state = _read(path / "schedule.pt", "the schedule state", load)
-    learner_state["optimizer"] = _read(path / "optimizer.pt", "the optimizer state", load)
-    learner_state["teacher"] = _read(path / "teacher.pt", "the teacher weights", load)
-    rng = _read(path / "rng.pt", "the RNG states", load)
+    learner_state = _read_part(path, "schedule", "the schedule state")
+    if not isinstance(learner_state, dict):
+        raise CheckpointError(f"{path}: the schedule state is a {type(learner_state).__name__}, not a dict")
+    learner_state["optimizer"] = _read_part(path, "optimizer", "the optimizer state")
+    learner_state["teacher"] = _read_part(path, "teacher", "the teacher weights")
+    rng = _read_part(path, "rng", "the RNG states")
     assert_finite(weights, f"refusing to resume from {path}: the model weights")
     assert_finite(learner_state, f"refusing to resume from {path}: the learner state")
+    before = rng_state()
+    try:  # a malformed RNG state is found before the model and the learner are touched
+        set_rng_state(rng)
+    except Exception as exc:  # noqa: BLE001 - random / numpy / torch each raise their own kind
+        set_rng_state(before)
+        raise CheckpointError(f"{path}: the RNG states are malformed ({type(exc).__name__}: {str(exc)[:200]})") from None
+    set_rng_state(before)
     try:
         from agentgym.sharding import is_sharded
         if is_sharded(model):
@@ -490,8 +725,9 @@ def load_checkpoint(path: str | Path, model: Any, learner: Any, *, config_hash: 
         learner.load_state_dict(learner_state)
     except CheckpointError:
         raise
-    except (RuntimeError, KeyError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path} does not fit the model / learner: {exc}") from exc
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        raise CheckpointError(f"checkpoint {path} does not fit the model / learner: {type(exc).__name__}: "
+                              f"{str(exc)[:300]}") from exc
     set_rng_state(rng)
     return state
 
@@ -542,7 +778,9 @@ def _load_sharded(model: Any, weights: dict[str, torch.Tensor], path: Path) -> N
 
 def _load_weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
-    files = sorted(folder.glob("*.safetensors"))
+    files = sorted(f for f in folder.glob("*.safetensors") if not f.is_symlink())
+    if folder.is_symlink():
+        raise CheckpointError(f"{folder} is a symbolic link; a checkpoint's files are never read through links")
     if not files:
         raise CheckpointError(f"no .safetensors weights in {folder}")
     out: dict[str, torch.Tensor] = {}

@@ -90,7 +90,7 @@ def test_save_writes_a_verified_manifest_and_load_restores_everything(tmp_path, 
     _fake_update(learner, 1)
     path = _save(tmp_path, 1, learner, extra={"note": "x"})
     names = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
-    assert {ADAPTER, "optimizer.pt", "teacher.pt", "schedule.pt", "rng.pt", "manifest.json", "state.json"} <= names
+    assert {ADAPTER, "optimizer.safetensors", "teacher.safetensors", "schedule.safetensors", "rng.safetensors", "manifest.json", "state.json"} <= names
     manifest = json.loads((path / "manifest.json").read_text())["files"]
     assert set(manifest) == names - {"manifest.json", "state.json"}
     state = verify_checkpoint(path)
@@ -129,7 +129,7 @@ def test_prune_keeps_the_newest_and_resaving_a_step_drops_the_abandoned_later_on
     assert any(torch.equal(v, w[n]) for n in w for v in saved.values())
 
 
-@pytest.mark.parametrize("rel", [ADAPTER, "optimizer.pt", "teacher.pt", "schedule.pt", "rng.pt", "manifest.json"])
+@pytest.mark.parametrize("rel", [ADAPTER, "optimizer.safetensors", "teacher.safetensors", "schedule.safetensors", "rng.safetensors", "manifest.json"])
 @pytest.mark.parametrize("damage", ["truncated", "emptied"])
 def test_a_truncated_or_emptied_file_falls_back_to_the_previous_checkpoint(tmp_path, learner, other, rel, damage):
     w1 = _two_checkpoints(tmp_path, learner)
@@ -212,8 +212,8 @@ def test_non_finite_weights_are_neither_saved_nor_resumed_from(tmp_path, learner
 def test_no_intact_checkpoint_at_all_is_an_error_not_a_silent_restart(tmp_path, learner):
     _two_checkpoints(tmp_path, learner)
     for k in (1, 2):
-        (tmp_path / "checkpoints" / f"step-{k}" / "optimizer.pt").write_bytes(b"")
-    with pytest.raises(CheckpointError, match=r"no intact checkpoint.*step-2.*optimizer.pt.*emptied.*step-1"):
+        (tmp_path / "checkpoints" / f"step-{k}" / "optimizer.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"no intact checkpoint.*step-2.*optimizer.safetensors.*emptied.*step-1"):
         latest_intact_checkpoint(tmp_path)
     assert latest_intact_checkpoint(tmp_path / "fresh") is None
 
@@ -222,7 +222,7 @@ def test_a_stray_temporary_folder_is_ignored_and_cleaned_by_the_next_save(tmp_pa
     _two_checkpoints(tmp_path, learner)
     stray = tmp_path / "checkpoints" / ".step-3-abcd"
     (stray / "model").mkdir(parents=True)
-    (stray / "optimizer.pt").write_bytes(b"half")
+    (stray / "optimizer.safetensors").write_bytes(b"half")
     (tmp_path / "checkpoints" / "step-3").mkdir()  # an incomplete folder under a final name: no state.json
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -249,7 +249,7 @@ def small_fs(tmp_path):
 def _fill(folder, leave):
     """Fill the filesystem of ``folder`` up, then free ``leave`` bytes."""
     filler = folder / "filler"
-    with open(filler, "wb") as f:
+    with open(filler, "wb", buffering=0) as f:  # unbuffered: nothing left to flush at close
         try:
             while True:
                 f.write(b"\0" * 65536)

@@ -62,7 +62,7 @@ def _check_run_folder(tmp_path, summary, updates):
     assert all(t.learner == "hint_sd" and t.update is not None for t in train)
     assert any(t.targets and t.targets[0].hint for t in train)
     ckpt = tmp_path / "checkpoints" / f"step-{updates}"
-    assert {"model", "optimizer.pt", "teacher.pt", "schedule.pt", "rng.pt", "state.json"} <= {p.name for p in ckpt.iterdir()}
+    assert {"model", "optimizer.safetensors", "teacher.safetensors", "schedule.safetensors", "rng.safetensors", "state.json"} <= {p.name for p in ckpt.iterdir()}
     assert json.loads((ckpt / "state.json").read_text())["step"] == updates
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
 
