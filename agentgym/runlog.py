@@ -9,7 +9,8 @@ each log atomically (a temporary file beside it, fsynced, renamed over it, the f
 only the records ``keep`` accepts, and also drops a torn line (a write cut off by a kill).
 
 ``append_record`` writes one line, flushes and fsyncs it, after ending a torn last line left by an
-earlier kill (so that the new record stays a whole line of its own).
+earlier kill (so that the new record stays a whole line of its own). Neither writes through a
+symbolic link planted in the folder (``agentgym.safeio.UnsafePathError``).
 
 >>> import tempfile, os
 >>> d = tempfile.mkdtemp()
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from agentgym.safeio import check_not_symlink, open_append
 from agentgym.store import StoreCorruptError
 
 __all__ = ["append_record", "record_update", "record_phase", "truncate_records", "truncate_run",
@@ -57,12 +59,10 @@ def append_record(path: str | Path, record: dict[str, Any] | str, *, fsync: bool
         raise ValueError("a JSON Lines record must not contain a line break")
     data = (line + "\n").encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as f:
-        if f.tell():  # "ab" positions at the end: end a fragment a killed writer left behind
-            with open(path, "rb") as r:
-                r.seek(-1, os.SEEK_END)
-                if r.read(1) != b"\n":
-                    data = b"\n" + data
+    with open_append(path) as f:  # never through a symbolic link planted in the folder
+        end = os.lseek(f.fileno(), 0, os.SEEK_END)
+        if end and os.pread(f.fileno(), 1, end - 1) != b"\n":
+            data = b"\n" + data  # end a fragment a killed writer left behind
         f.write(data)
         f.flush()
         if fsync:
@@ -141,6 +141,7 @@ def truncate_records(path: str | Path, keep: Keep) -> TruncateReport:
     """
     path = Path(path)
     report = TruncateReport(path)
+    check_not_symlink(path)  # rewriting it would copy a link's target into the run folder
     if not path.is_file():
         return report
     accept = _keep_fn(keep)
@@ -204,7 +205,7 @@ def truncate_run(run_dir: str | Path, keep: Keep, *, logs: Iterable[str] = RUN_L
     reports = []
     for pattern in logs:
         for p in sorted(run_dir.glob(pattern)):
-            if p.is_file() and p not in seen:
+            if (p.is_file() or p.is_symlink()) and p not in seen:
                 seen.add(p)
                 reports.append(truncate_records(p, keep))
     return reports

@@ -31,11 +31,15 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["UnsafePathError", "write_atomic", "open_append", "read_regular", "check_not_symlink"]
+__all__ = ["UnsafePathError", "write_atomic", "open_append", "open_read", "read_regular", "check_not_symlink"]
 
 
-class UnsafePathError(OSError):
-    """A path agentgym would write or read through is a symbolic link or not a regular file."""
+class UnsafePathError(OSError, ValueError):
+    """A path agentgym would write or read through is a symbolic link or not a regular file (an
+    ``OSError`` and a ``ValueError``: the commands report it in one line as bad input)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def check_not_symlink(path: str | Path, what: str = "") -> None:
@@ -90,6 +94,15 @@ def open_append(path: str | Path, what: str = "") -> BinaryIO:
     """``open(path, "ab")`` that refuses a symbolic link or anything but a regular file."""
     fd = _open_regular(Path(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, what)
     return os.fdopen(fd, "ab")
+
+
+def open_read(path: str | Path, what: str = "", *, follow_links: bool = False) -> BinaryIO:
+    """``open(path, "rb")`` of a regular file; a symbolic link is refused unless ``follow_links`` (a
+    file the user named on the command line), and a FIFO or device always."""
+    path = Path(path)
+    if follow_links:
+        path = path.resolve()
+    return os.fdopen(_open_regular(path, os.O_RDONLY, what), "rb")
 
 
 def read_regular(path: str | Path, limit: int, what: str = "") -> bytes:

@@ -16,6 +16,7 @@ that is corruption rather than an interrupted append.
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 import warnings
@@ -39,18 +40,19 @@ class TrajectoryStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
         self._lock = threading.Lock()
-        self._repair_tail()
-        self._file = open(self.path, "a", encoding="utf-8")
+        from agentgym.safeio import open_append
+        raw = open_append(self.path)  # never through a symbolic link planted in the folder
+        self._repair_tail(raw.fileno())
+        self._file = io.TextIOWrapper(raw, encoding="utf-8")
         self.count = 0
 
-    def _repair_tail(self) -> None:
+    @staticmethod
+    def _repair_tail(fd: int) -> None:
         # A previous run cut off mid-line would glue our first record onto its fragment: end the
         # fragment with a newline so it stays one (skippable) bad line and ours stays whole.
-        if self.path.is_file() and self.path.stat().st_size:
-            with open(self.path, "rb+") as f:
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    f.write(b"\n")
+        end = os.lseek(fd, 0, os.SEEK_END)
+        if end and os.pread(fd, 1, end - 1) != b"\n":
+            os.write(fd, b"\n")
 
     def append(self, trajectory: Trajectory) -> None:
         line = trajectory.to_json() + "\n"

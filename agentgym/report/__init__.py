@@ -27,6 +27,7 @@ from typing import Sequence
 
 from agentgym.report.data import DEFAULT_MAX_CHARS, RunData, load_run, load_trajectories_file
 from agentgym.report.page import embed_json, render_page
+from agentgym.safeio import write_atomic
 
 __all__ = ["main", "view_main", "build_report", "build_view", "load_run", "load_trajectories_file",
            "render_page", "embed_json", "RunData"]
@@ -53,11 +54,10 @@ def build_view(path: str | Path, out: str | Path | None = None, *, tokenizer: st
 
 
 def _write(out: Path, html: str) -> Path:
+    # The run folder may be someone else's: an exclusively created temporary file renamed over the
+    # page, never a write through a link planted there; a reader never sees half a page.
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(html, encoding="utf-8", errors="replace")  # stray surrogates in config text
-    tmp.replace(out)  # a reader never sees half a page
-    return out
+    return write_atomic(out, html, fsync=False)  # stray surrogates in config text are replaced
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator
 from pydantic import ValidationError
 
 from agentgym.report.offsets import char_span, load_tokenizer, token_char_offsets
+from agentgym.safeio import open_read, read_regular
 from agentgym.types import Feedback, Step, Target, Trajectory
 
 __all__ = ["RunData", "Strings", "load_run", "load_trajectories_file", "compact_trajectory", "DEFAULT_MAX_CHARS",
@@ -29,6 +30,8 @@ __all__ = ["RunData", "Strings", "load_run", "load_trajectories_file", "compact_
 DEFAULT_MAX_CHARS = 20_000  # per text field: a 1 MB observation must not make a 10k-episode page unusable
 PROMPT_TAIL_CHARS = 400
 PAYLOAD_MAX_CHARS = 2_000
+MAX_JSON_BYTES = 64 << 20  # config.json / summary.json: a few KB in a real run
+MAX_METRICS_BYTES = 512 << 20
 INTERN_MIN_CHARS = 24
 
 
@@ -81,10 +84,19 @@ def _utf16(text: str, pos: int) -> int:
     return pos + sum(1 for c in head if ord(c) > 0xFFFF) if not head.isascii() else pos
 
 
+_EXACT_INT = 2 ** 63  # larger integers (10**400 parses as JSON) become text: no float() can hold them
+
+
 def _finite(value: Any) -> Any:
-    # JSON has no NaN/Infinity; the page shows null as "n/a".
+    """Every number from a run folder is untrusted: JSON has no NaN / Infinity, so non-finite floats
+    become the text "nan" / "inf" / "-inf" and integers too large for a float become their
+    scientific notation as text; the page shows both as they are, and no arithmetic on them can
+    overflow."""
     if isinstance(value, float) and not math.isfinite(value):
-        return None
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _EXACT_INT:
+        digits = str(abs(value))
+        return f"{'-' if value < 0 else ''}{digits[0]}.{digits[1:4]}e+{len(digits) - 1}"
     if isinstance(value, dict):
         return {str(k): _finite(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -250,36 +262,59 @@ def compact_trajectory(traj: Trajectory, index: int, *, tokenizer: Any = None, m
     return out, problems, counts
 
 
+def _read_text(path: Path, limit: int, problems: list[str]) -> str | None:
+    """A run-folder file's text, or None with a warning: missing, a symbolic link (never followed:
+    the folder may be someone else's), not a regular file, or larger than ``limit`` bytes."""
+    if not (path.is_file() or path.is_symlink()):
+        return None
+    try:
+        return read_regular(path, limit, path.name).decode("utf-8", errors="surrogateescape")
+    except OSError as exc:
+        problems.append(f"{path.name}: not read: {exc}")
+        return ""
+
+
 def _read_json(path: Path, problems: list[str]) -> dict[str, Any]:
-    if not path.is_file():
+    text = _read_text(path, MAX_JSON_BYTES, problems)
+    if text is None:
         problems.append(f"{path.name} is missing")
         return {}
+    if not text:
+        return {}
     try:
-        value = json.loads(path.read_text(encoding="utf-8", errors="surrogateescape"))
-    except ValueError as exc:
-        problems.append(f"{path.name} is not valid JSON: {exc}")
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        problems.append(f"{path.name} is not valid JSON: {str(exc)[:200]}")
         return {}
     if not isinstance(value, dict):
         problems.append(f"{path.name} holds a {type(value).__name__}, expected an object")
         return {}
-    return _finite(value)
+    try:
+        return _finite(value)
+    except RecursionError:
+        problems.append(f"{path.name} is nested too deeply to show")
+        return {}
 
 
 def _read_metrics(path: Path, problems: list[str]) -> list[dict[str, Any]]:
-    if not path.is_file():
+    text = _read_text(path, MAX_METRICS_BYTES, problems)
+    if text is None:
         problems.append("metrics.jsonl is missing: no learning curves")
         return []
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="surrogateescape").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except ValueError as exc:
-            problems.append(f"metrics.jsonl:{number}: skipped a line that is not JSON ({exc})")
+        except (ValueError, RecursionError) as exc:
+            problems.append(f"metrics.jsonl:{number}: skipped a line that is not JSON ({str(exc)[:200]})")
             continue
         if isinstance(row, dict):
-            rows.append(_finite(row))
+            try:
+                rows.append(_finite(row))
+            except RecursionError:
+                problems.append(f"metrics.jsonl:{number}: skipped a record nested too deeply to show")
         else:
             problems.append(f"metrics.jsonl:{number}: skipped a {type(row).__name__}, expected an object")
     return rows
@@ -303,12 +338,14 @@ def _compact_all(trajs: Iterable[Trajectory], run: RunData, tokenizer: Any, why:
                        f"token offsets unavailable ({why}; no action_token_offsets recorded)")
 
 
-def _read_trajs(path: Path, run: RunData) -> Iterator[Trajectory]:
+def _read_trajs(path: Path, run: RunData, *, follow_links: bool = False) -> Iterator[Trajectory]:
     """Stream the records one line at a time: a 10k-episode store holds every step's prompt ids
     (gigabytes), and the page needs only a compact view of each, so no more than one full
     trajectory is in memory at once. A line that does not parse is skipped and reported on the
-    page (a cut-off last line is the normal trace of an interrupted run)."""
-    with open(path, "rb") as f:
+    page (a cut-off last line is the normal trace of an interrupted run). A run folder's file is
+    never read through a symbolic link; a file named on the command line (``follow_links``) may be
+    one, but must be a regular file (not a FIFO or a device)."""
+    with open_read(path, path.name, follow_links=follow_links) as f:
         pending: tuple[int, bytes] | None = None  # the previous line, parsed once we know it is not last
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -323,7 +360,7 @@ def _read_trajs(path: Path, run: RunData) -> Iterator[Trajectory]:
 def _parse_line(path: Path, number: int, line: bytes, *, last: bool, run: RunData) -> Iterator[Trajectory]:
     try:
         yield Trajectory.from_json(line)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         what = "a truncated last record" if last else "a line that is not a Trajectory record"
         run.warnings.append(f"{path.name}:{number}: skipped {what} ({len(line)} bytes): {str(exc)[:200]}")
 
@@ -335,7 +372,7 @@ def load_run(run_dir: str | Path, *, tokenizer: Any = None, tokenizer_name: str 
     if not root.is_dir():
         raise FileNotFoundError(f"run folder {str(root)!r} does not exist or is not a folder")
     traj_path = root / "trajectories.jsonl"
-    if not traj_path.is_file():
+    if not (traj_path.is_file() or traj_path.is_symlink()):
         raise FileNotFoundError(f"{traj_path} is missing: not a run folder (expected config.json, "
                                 f"trajectories.jsonl, metrics.jsonl, summary.json)")
     run = RunData(name=root.resolve().name, path=str(root.resolve()))
@@ -362,5 +399,5 @@ def load_trajectories_file(path: str | Path, *, tokenizer: Any = None, tokenizer
     why = "tokenizer given"
     if tokenizer is None:
         tokenizer, why = load_tokenizer(tokenizer_name) if tokenizer_name else (None, "no --tokenizer given")
-    _compact_all(_read_trajs(path, run), run, tokenizer, why, max_chars)
+    _compact_all(_read_trajs(path, run, follow_links=True), run, tokenizer, why, max_chars)
     return run

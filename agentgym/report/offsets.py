@@ -128,7 +128,6 @@ def load_tokenizer(name: str | os.PathLike | None) -> tuple[Any, str]:
     see ``agentgym.agents.models``) or a cached hub id, loaded offline. Never raises."""
     if not name:
         return None, "no model named in the run's config or summary"
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         from transformers import AutoTokenizer
     except ImportError as exc:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any, Sequence
 
-__all__ = ["Series", "line_chart", "metric_series", "CURVE_METRICS", "BANDS", "PALETTE"]
+__all__ = ["Series", "line_chart", "metric_series", "plottable", "CURVE_METRICS", "BANDS", "PALETTE", "PLOT_LIMIT"]
 
 CURVE_METRICS = ("success_rate", "reward_mean", "reference_logprob", "loss", "distilled_token_fraction", "teacher_calls")
 # Evaluation records carry a 95 % interval (over tasks) for these: drawn as a band around the curve.
@@ -30,9 +30,39 @@ class Series:
     color: str = PALETTE[0]
     dashed: bool = False
     band: list[tuple[float, float, float]] = field(default_factory=list)  # (x, low, high)
+    unplotted: list[str] = field(default_factory=list)  # values logged but not drawn (non-finite, huge)
+
+
+PLOT_LIMIT = 1e15  # |value| or |update| beyond this is shown as text, never scaled into a chart
+
+
+def plottable(v: Any) -> float | None:
+    """``v`` as a float when it is a number a chart can place (finite, |v| <= PLOT_LIMIT), else None.
+
+    >>> plottable(2), plottable(float("nan")), plottable(10 ** 400), plottable(True), plottable("1")
+    (2.0, None, None, None, None)
+    """
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    if isinstance(v, int) and abs(v) > PLOT_LIMIT:
+        return None  # float() of 10**400 would overflow
+    f = float(v)
+    return f if math.isfinite(f) and abs(f) <= PLOT_LIMIT else None
+
+
+def _shown(v: Any) -> str:
+    """A logged value that cannot be plotted, as short text (a 400-digit integer included)."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        digits = str(abs(v))
+        return f"{'-' if v < 0 else ''}{digits[0]}.{digits[1:3]}e+{len(digits) - 1}" if len(digits) > 6 else str(v)
+    if isinstance(v, float):
+        return _fmt(v)
+    return str(v)[:24]
 
 
 def _fmt(v: float) -> str:
+    if not math.isfinite(v):
+        return str(v)
     if v == 0:
         return "0"
     if abs(v) >= 1000 or abs(v) < 0.01:
@@ -41,7 +71,7 @@ def _fmt(v: float) -> str:
 
 
 def _ticks(lo: float, hi: float, n: int = 4) -> list[float]:
-    if hi <= lo:
+    if not hi > lo or not math.isfinite(hi - lo):
         return [lo]
     raw = (hi - lo) / n
     mag = 10 ** math.floor(math.log10(raw))
@@ -57,9 +87,12 @@ def line_chart(title: str, series: Sequence[Series], *, width: int = 340, height
     head = (f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" height="{height}" '
             f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">'
             f'<text x="{left}" y="15" class="ct">{escape(title)}</text>')
+    unplotted = [v for s in series for v in s.unplotted]
+    note = (f'<text x="{left + 4}" y="{height - bottom - 4}" class="na">{len(unplotted)} not plotted: '
+            f'{escape(", ".join(unplotted[:3]))}{"…" if len(unplotted) > 3 else ""}</text>' if unplotted else "")
     if not pts:
-        return head + (f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" class="na">'
-                       f'not logged</text></svg>')
+        return head + note + (f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" class="na">'
+                              f'{"no plottable values" if unplotted else "not logged"}</text></svg>')
     xs, ys = [p[0] for p in pts], [p[1] for p in pts]
     x0, x1 = min(xs), max(xs)
     y0, y1 = min(ys), max(ys)
@@ -107,28 +140,37 @@ def line_chart(title: str, series: Sequence[Series], *, width: int = 340, height
         parts.append(f'<line x1="{left + pw - 92}" x2="{left + pw - 78}" y1="{y - 3}" y2="{y - 3}" '
                      f'stroke="{s.color}" stroke-width="2"{dash}/>'
                      f'<text x="{left + pw - 74}" y="{y}" class="lg">{escape(s.label[:18])}</text>')
-    parts.append("</svg>")
+    parts.append(note + "</svg>")
     return "".join(parts)
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+_NON_FINITE = ("nan", "inf", "-inf")  # how the report's data keeps non-finite numbers (JSON has none)
 
 
 def metric_series(runs: Sequence[tuple[str, list[dict[str, Any]]]], metric: str) -> list[Series]:
-    """One series per (run, phase) that logged ``metric`` as a number, ordered by update."""
+    """One series per (run, phase) that logged ``metric`` as a number, ordered by update. Every
+    number is untrusted: a non-finite or huge value (or update) is not scaled into the chart but
+    listed in the series' ``unplotted`` (the chart shows it as text)."""
     out = []
     for r, (name, rows) in enumerate(runs):
         for phase in ("train", "eval"):
-            pts = sorted((float(row["update"]), float(row[metric])) for row in rows
-                         if row.get("phase", "train") == phase and isinstance(row.get("update"), (int, float))
-                         and isinstance(row.get(metric), (int, float)) and not isinstance(row.get(metric), bool)
-                         and math.isfinite(float(row[metric])))
-            if pts:
+            pts, unplotted = [], []
+            for row in rows:
+                value = row.get(metric)
+                if row.get("phase", "train") != phase or value is None:
+                    continue
+                x, y = plottable(row.get("update")), plottable(value)
+                if x is not None and y is not None:
+                    pts.append((x, y))
+                elif (isinstance(value, (int, float)) and not isinstance(value, bool)) or value in _NON_FINITE:
+                    unplotted.append(f"update {_shown(row.get('update'))}: {_shown(value)}")
+            if pts or unplotted:
                 label = f"{name} {phase}" if len(runs) > 1 else phase
                 low, high = BANDS.get(metric, ("", ""))
-                band = sorted((float(row["update"]), float(row[low]), float(row[high])) for row in rows
-                              if phase == "eval" and row.get("phase") == phase and _number(row.get("update"))
-                              and _number(row.get(low)) and _number(row.get(high)))
-                out.append(Series(label, pts, PALETTE[r % len(PALETTE)], dashed=phase == "eval", band=band))
+                band = sorted((x, lo, hi) for row in rows if phase == "eval" and row.get("phase") == phase
+                              for x, lo, hi in [(plottable(row.get("update")), plottable(row.get(low)),
+                                                 plottable(row.get(high)))]
+                              if x is not None and lo is not None and hi is not None)
+                out.append(Series(label, sorted(pts), PALETTE[r % len(PALETTE)], dashed=phase == "eval", band=band,
+                                  unplotted=unplotted))
     return out
