@@ -32,6 +32,16 @@ if [ "${#NEED[@]}" -gt 0 ]; then
          "AppWorld episodes refuse to run without it" >&2
   fi
 fi
+# The apps worker and the grader never run as root: run as root, agentgym starts them as this
+# system user (no login, no home; envs/appworld/workers.py). Other users run them as themselves.
+WORKER_USER=agentgym-appworld
+if [ "$(id -u)" = 0 ] && ! id -u "$WORKER_USER" >/dev/null 2>&1; then
+  if command -v useradd >/dev/null 2>&1; then
+    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$WORKER_USER"
+  else
+    echo "setup_appworld: create a system user $WORKER_USER (no login); AppWorld workers refuse to run as root" >&2
+  fi
+fi
 export APPWORLD_CACHE="$BASE/cache" HOME="$BASE/home"
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"

@@ -36,8 +36,9 @@ from agentgym.env import AgentEnv, EnvReply, EnvReset
 from agentgym.envspec import EnvDefaults
 from agentgym.envs.appworld.sandbox import Episode, Sandbox, SandboxError
 from agentgym.envs.appworld.screen import screen_code
+from agentgym.envs.appworld.worker.server import NAME
 from agentgym.envs.appworld.workers import (AppWorldPaths, WorkerError, WorkerProcess, mirror_without_ground_truth,
-                                             new_experiment_name)
+                                             new_experiment_name, prepare_outputs, worker_identity)
 from agentgym.types import Feedback, FeedbackKind, Message
 
 __all__ = ["AppWorldEnv", "parse_action", "TOOLS", "MAX_ACTION_CHARS"]
@@ -211,6 +212,7 @@ class AppWorldEnv(AgentEnv):
                  screen: bool = True, terminate_on_violation: bool = True, max_steps: int | None = None,
                  render_mode: str | None = None, step_timeout_s: float | None | str = "default"):
         super().__init__(max_steps=max_steps, render_mode=render_mode, step_timeout_s=step_timeout_s)
+        worker_identity()  # run as root: the unprivileged worker user must exist (a clear error if not)
         self.paths = AppWorldPaths.default()
         if root is None and os.environ.get("APPWORLD_ROOT"):
             root = os.environ["APPWORLD_ROOT"]  # a user's official AppWorld data, loaded unchanged
@@ -234,16 +236,17 @@ class AppWorldEnv(AgentEnv):
         self.max_action_chars = int(max_action_chars)
         self.screen = bool(screen)
         self.terminate_on_violation = terminate_on_violation
+        self.paths.link_experiments(self.root, self.play_root)
+        self.experiment_name = new_experiment_name()
+        outputs = prepare_outputs(self.root, self.experiment_name)  # the workers' one writable folder
         self.apps = WorkerProcess("apps", self.play_root, self.paths, restart_every=restart_every,
-                                  mem_mb=worker_mem_mb)
+                                  mem_mb=worker_mem_mb, ipython_dir=outputs / "ipython")
         self.sandbox = Sandbox(mem_mb=sandbox_mem_mb, cpu_seconds=max(60, self.default_max_steps *
                                                                       self.execution_timeout))
         self.episode: Episode | None = None
         self._apps_failure: WorkerError | None = None
         self.grader = WorkerProcess("grade", self.root, self.paths, restart_every=restart_every,
-                                    mem_mb=worker_mem_mb)
-        self.paths.link_experiments(self.root, self.play_root)
-        self.experiment_name = new_experiment_name()
+                                    mem_mb=worker_mem_mb, ipython_dir=outputs / "ipython")
         self.task_id: str | None = None
         self._graded = False
 
@@ -263,7 +266,8 @@ class AppWorldEnv(AgentEnv):
         task_id = options.get("task_id")
         if task_id is None:
             task_id = self.task_ids[int(self.np_random.integers(len(self.task_ids)))]
-        if not isinstance(task_id, str) or not (self.root / "data" / "tasks" / task_id).is_dir():
+        if not isinstance(task_id, str) or not NAME.match(task_id) or \
+                not (self.root / "data" / "tasks" / task_id).is_dir():
             raise ValueError(f"unknown AppWorld task_id {task_id!r} under {self.root / 'data' / 'tasks'}")
         self._close_episode()  # whatever the last episode left running dies here
         self.grader.prestart()  # both workers import AppWorld at the same time
@@ -441,7 +445,7 @@ class AppWorldEnv(AgentEnv):
             pass
         for proc in (getattr(self, "apps", None), getattr(self, "grader", None), getattr(self, "sandbox", None)):
             if proc is not None:
-                proc.kill()
+                proc.close()
         name = getattr(self, "experiment_name", None)
         if name is not None:  # this env's episode outputs (end states) are of no use after it
             shutil.rmtree(self.root / "experiments" / "outputs" / name, ignore_errors=True)

@@ -7,6 +7,9 @@ never runs in a process that holds the app databases, the ground truth or the gr
   user, pid, mount, net, ipc and uts namespaces, no network, no /proc, no /tmp, and a read-only view
   of /usr (with /usr/bin and /usr/sbin emptied but for the interpreter) and of ``jail/``. No path of
   the agentgym data directory (AppWorld, tasks, ground truth, experiment outputs) exists in it.
+  Nothing in it is writable: the root, ``/dev`` (with ``/dev/shm``) and every other mount are
+  read-only, so an episode can leave no file for the next one and cannot hold host memory in a
+  tmpfs (bubblewrap's ``/dev`` is a tmpfs that ``--remount-ro /`` alone leaves writable).
 - ``Sandbox.spawn`` forks a fresh episode process from that pre-loaded template (a few ms): it gets
   namespaces of its own (pid 1 of its pid namespace), rlimits and a seccomp filter, and one socket.
 - ``Episode.execute`` sends code and relays the process's ``apis.<app>.<api>(**kwargs)`` requests to
@@ -31,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from agentgym.envs.appworld.workers import kill_session
+from agentgym.envs.appworld.workers import drop_root, kill_session
 
 JAIL_DIR = Path(__file__).resolve().parent / "jail"
 PYTHON = "/usr/bin/python3"  # Debian's interpreter: world-readable, stdlib only
@@ -65,8 +68,7 @@ def sandbox_problem() -> str | None:
 
 def bwrap_command() -> list[str]:
     """The bubblewrap command line of the template process (as a list: nothing goes through a shell)."""
-    drop = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--inh-caps=-all"] \
-        if os.geteuid() == 0 else []
+    drop = drop_root(NOBODY, NOBODY) if os.geteuid() == 0 else []
     interpreter = os.path.realpath(PYTHON)
     cmd = [*drop, "bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
            "--clearenv", "--setenv", "LANG", "C.UTF-8", "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
@@ -77,7 +79,7 @@ def bwrap_command() -> list[str]:
            "--remount-ro", "/usr/bin", "--remount-ro", "/usr/sbin", "--remount-ro", "/usr/local",
            "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
            "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
-           "--dev", "/dev", "--ro-bind", str(JAIL_DIR), "/jail", "--chdir", "/",
+           "--dev", "/dev", "--remount-ro", "/dev", "--ro-bind", str(JAIL_DIR), "/jail", "--chdir", "/",
            "--remount-ro", "/",
            interpreter, "-I", "-S", "-B", "/jail/zygote.py"]
     return cmd

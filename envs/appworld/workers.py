@@ -1,8 +1,16 @@
 """AppWorld worker processes, owned by the env: spawn, health-check, call, SIGKILL, respawn.
 
 AppWorld pins pydantic 1 and freezes the clock of whatever process opens a world, so it never
-runs in our process: each worker is ``<appworld venv>/bin/python worker/server.py`` on 127.0.0.1
-with a kernel-chosen free port, spoken to with the standard library only.
+runs in our process: each worker is ``<appworld venv>/bin/python worker/server.py``, spoken to
+with the standard library only, over HTTP on a unix socket that only the env can reach:
+
+- the env binds the socket itself in a fresh folder of mode 0700 (``private_folder``) and passes
+  the listening descriptor to the worker, which opens no socket of its own (no TCP port at all);
+- every request carries a secret token drawn per worker start and handed over on the worker's
+  stdin; a request without it gets 401;
+- run as root, agentgym starts the workers as the unprivileged system user ``WORKER_USER``
+  (``setpriv``: no groups, no capabilities, no new privileges); its only writable place is the
+  env's own output folder (``prepare_outputs``). Run as another user, they run as that user.
 
 >>> from agentgym.envs.appworld.workers import AppWorldPaths
 >>> AppWorldPaths.default().venv_python.name
@@ -11,26 +19,104 @@ with a kernel-chosen free port, spoken to with the standard library only.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import pwd
+import secrets
 import select
+import shutil
 import signal
+import socket
 import subprocess
+import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agentgym.envs.appworld.worker.server import checked_name  # the rule the worker itself applies
 from agentgym.paths import data_dir
 
 WORKER_DIR = Path(__file__).resolve().parent / "worker"
 SERVER_SCRIPT = WORKER_DIR / "server.py"
 BUILD_SCRIPT = WORKER_DIR / "build.py"
+WORKER_USER = "agentgym-appworld"  # created by scripts/setup_appworld.sh
+def drop_root(uid: int, gid: int) -> list[str]:
+    """The ``setpriv`` prefix that runs a command as ``uid``/``gid``, no groups, no capabilities."""
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--inh-caps=-all"]
 
+
+def worker_identity() -> tuple[int, int] | None:
+    """(uid, gid) the workers run as: ``WORKER_USER`` when we are root, else None (our own user)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(WORKER_USER)
+    except KeyError:
+        raise WorkerError(f"run as root, agentgym starts the AppWorld workers as the unprivileged user "
+                          f"{WORKER_USER!r}, which does not exist: run scripts/setup_appworld.sh (or "
+                          f"useradd --system --no-create-home --shell /usr/sbin/nologin {WORKER_USER})",
+                          "start") from None
+    if entry.pw_uid == 0 or entry.pw_gid == 0:
+        raise WorkerError(f"the user {WORKER_USER!r} has uid/gid 0; it must be unprivileged", "start")
+    return entry.pw_uid, entry.pw_gid
+
+
+def private_folder(prefix: str) -> Path:
+    """A fresh folder of mode 0700 owned by us, under a short temp path (unix socket names are
+    limited to 107 bytes)."""
+    base = tempfile.gettempdir()
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=base if len(base) < 60 else "/tmp"))
+
+
+def prepare_outputs(root: Path, experiment_name: str) -> Path:
+    """A new, empty ``<root>/experiments/outputs/<experiment_name>`` (mode 0700), owned by the
+    workers' user: the one place the apps worker writes (end states) and the grader reads."""
+    outputs = Path(root) / "experiments" / "outputs"
+    outputs.mkdir(parents=True, exist_ok=True)
+    folder = outputs / checked_name("experiment_name", experiment_name)
+    os.mkdir(folder, 0o700)  # a new name: fails rather than reuse anything already there
+    identity = worker_identity()
+    if identity is not None:
+        os.chown(folder, *identity, follow_symlinks=False)
+    return folder
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, socket_path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socket_path)
+
+
+def unix_request(socket_path: str | Path, method: str, path: str, payload: dict | None, *,
+                 token: str | None, timeout: float) -> tuple[int, dict]:
+    """One HTTP request to a worker's unix socket: (status, JSON body). ``token=None`` sends no
+    Authorization header (tests use it to show the refusal). Raises OSError / HTTPException when
+    the connection fails or times out."""
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    body = None if payload is None else json.dumps(payload).encode()
+    connection = _UnixHTTPConnection(str(socket_path), timeout)
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        raw = response.read()
+    finally:
+        connection.close()
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        parsed = {"error": raw.decode(errors="replace")[:2000]}
+    return response.status, parsed if isinstance(parsed, dict) else {"output": parsed}
 
 
 def kill_session(proc: "subprocess.Popen") -> None:
@@ -108,25 +194,31 @@ class AppWorldPaths:
 
 
 class WorkerProcess:
-    """One AppWorld server process (``mode`` 'apps' or 'grade') on 127.0.0.1; trusted code only
-    (model-written code runs in ``sandbox.Sandbox``, never here).
+    """One AppWorld server process (``mode`` 'apps' or 'grade') on a private unix socket (see the
+    module docstring); trusted code only (model-written code runs in ``sandbox.Sandbox``, never here).
 
     ``call`` raises ``WorkerError`` on timeout (after SIGKILL), on a crash, or on a server-side
     error; ``ensure`` (re)starts a dead worker. ``restart_every`` recycles a worker after that
     many calls to ``/open`` or ``/evaluate``, which bounds slow leaks in a long run.
+    ``ipython_dir``: a folder the worker may create for the IPython shell AppWorld opens per world
+    (inside the env's output folder).
     """
 
     def __init__(self, mode: str, root: Path, paths: AppWorldPaths, *, max_output_chars: int = 1_000_000,
                  mem_mb: int = 3072, cpu_seconds: int = 3600, fsize_mb: int = 64,
-                 start_timeout: float = 120.0, restart_every: int = 300):
+                 start_timeout: float = 120.0, restart_every: int = 300, ipython_dir: Path | None = None):
         if mode not in ("apps", "grade"):
             raise ValueError(f"mode must be 'apps' or 'grade', got {mode!r}")
         self.mode, self.root, self.paths = mode, Path(root), paths
         self.max_output_chars, self.mem_mb, self.cpu_seconds, self.fsize_mb = (
             max_output_chars, mem_mb, cpu_seconds, fsize_mb)
         self.start_timeout, self.restart_every = start_timeout, restart_every
+        self.ipython_dir = ipython_dir
         self.proc: subprocess.Popen | None = None
-        self.port: int | None = None
+        self.folder: Path | None = None  # private (0700), holds the socket; removed by close()
+        self.socket_path: Path | None = None
+        self.token: str | None = None
+        self.ready = False
         self.uses = 0
         self.starts = 0
         self.stderr_tail: list[str] = []
@@ -148,22 +240,44 @@ class WorkerProcess:
     def spawn(self) -> None:
         """Start the process without waiting (``wait_ready`` finishes the start)."""
         self.kill()
+        identity = worker_identity()
+        if self.folder is None:
+            self.folder = private_folder(f"agentgym-appworld-{self.mode}-")
+        self.socket_path = self.folder / "worker.sock"
+        self.socket_path.unlink(missing_ok=True)
+        self.token = secrets.token_hex(32)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "APPWORLD_ROOT": str(self.root),
                "APPWORLD_CACHE": str(self.paths.cache), "HOME": str(self.paths.base / "home"),
                "PYTHONUNBUFFERED": "1", "LANG": "C.UTF-8"}
-        cmd = [str(self.paths.venv_python), str(SERVER_SCRIPT), "--mode", self.mode, "--port", "0",
-               "--max-output-chars", str(self.max_output_chars), "--mem-mb", str(self.mem_mb),
-               "--cpu-seconds", str(self.cpu_seconds), "--fsize-mb", str(self.fsize_mb)]
-        # cwd = the root, so AppWorld's relative paths and dotenv lookups stay inside it.
-        self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     start_new_session=True)
+        if self.ipython_dir is not None:  # else IPython makes a new temp folder per world (HOME is read-only)
+            env["IPYTHONDIR"] = str(self.ipython_dir)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(str(self.socket_path))
+            os.chmod(self.socket_path, 0o600)
+            listener.listen(64)
+            drop = [] if identity is None else [*drop_root(*identity), "--no-new-privs"]
+            cmd = [*drop, str(self.paths.venv_python), str(SERVER_SCRIPT), "--mode", self.mode,
+                   "--listen-fd", str(listener.fileno()), "--max-output-chars", str(self.max_output_chars),
+                   "--mem-mb", str(self.mem_mb), "--cpu-seconds", str(self.cpu_seconds),
+                   "--fsize-mb", str(self.fsize_mb)]
+            # cwd = the root, so AppWorld's relative paths and dotenv lookups stay inside it.
+            self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         start_new_session=True, pass_fds=(listener.fileno(),))
+        finally:
+            listener.close()  # the worker holds its own copy
+        try:  # the token travels on stdin, never on the command line
+            self.proc.stdin.write(self.token.encode() + b"\n")
+            self.proc.stdin.close()
+        except OSError:  # it died at once: wait_ready reports its stderr
+            pass
         self.starts += 1
         self.uses = 0
         threading.Thread(target=self._drain_stderr, args=(self.proc,), daemon=True).start()
 
     def wait_ready(self) -> None:
-        if self.port is not None:
+        if self.ready:
             return
         if self.proc is None:
             raise WorkerError(f"AppWorld {self.mode} worker was never spawned", "start")
@@ -177,9 +291,12 @@ class WorkerProcess:
         if not line:
             tail = "\n".join(self.stderr_tail[-20:])
             self.kill()
-            raise WorkerError(f"AppWorld {self.mode} worker did not start within {self.start_timeout}s: {tail}",
-                              "start")
-        self.port = int(json.loads(line)["port"])
+            who = "" if worker_identity() is None else (
+                f" (it runs as the user {WORKER_USER}, which must be able to read {self.paths.base}, "
+                f"{self.root} and {os.path.realpath(self.paths.venv_python)})")
+            raise WorkerError(f"AppWorld {self.mode} worker did not start within {self.start_timeout}s{who}: "
+                              f"{tail}", "start")
+        self.ready = True
         health = self.get("/health", timeout=10)
         if not health.get("ok"):
             raise WorkerError(f"AppWorld worker failed its health check: {health}", "start")
@@ -203,16 +320,23 @@ class WorkerProcess:
 
     def kill(self) -> None:
         """SIGKILL the whole worker session (a hung worker may ignore SIGTERM)."""
+        self.ready = False
+        if self.socket_path is not None:
+            self.socket_path.unlink(missing_ok=True)
         if self.proc is None:
             return
         kill_session(self.proc)
-        for stream in (self.proc.stdout, self.proc.stderr):
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
         self.proc = None
-        self.port = None
 
-    close = kill
+    def close(self) -> None:
+        """Kill the worker and remove its private folder."""
+        self.kill()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
 
     def rss_bytes(self) -> int:
         """Resident memory of the worker process (0 when it is not running)."""
@@ -235,20 +359,10 @@ class WorkerProcess:
         if not self.alive:
             raise WorkerError(f"AppWorld {self.mode} worker is not running (exit code "
                               f"{self.proc.returncode if self.proc else None})", "crashed")
-        data = None if payload is None else json.dumps(payload).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            body = exc.read().decode(errors="replace")
-            try:
-                message = json.loads(body).get("error", body)
-            except json.JSONDecodeError:
-                message = body
-            raise WorkerError(f"AppWorld worker error on {path}: {message}", "error") from None
-        except (TimeoutError, OSError, urllib.error.URLError) as exc:
+            status, body = unix_request(self.socket_path, method, path, payload, token=self.token,
+                                        timeout=timeout)
+        except (OSError, http.client.HTTPException) as exc:
             timed_out = isinstance(exc, TimeoutError) or "timed out" in str(exc)
             died = not self.alive
             self.kill()
@@ -256,6 +370,9 @@ class WorkerProcess:
                 raise WorkerError(f"AppWorld worker did not answer {path} within {timeout:.0f}s; killed it",
                                   "timeout") from None
             raise WorkerError(f"AppWorld worker died during {path}: {exc}", "crashed") from None
+        if status >= 400:
+            raise WorkerError(f"AppWorld worker error on {path}: {body.get('error', body)}", "error")
+        return body
 
 
 def mirror_without_ground_truth(root: Path, dest: Path) -> Path:

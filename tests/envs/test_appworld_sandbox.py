@@ -257,13 +257,14 @@ print(os.path.exists('/bin/sh'), os.path.exists('/usr/bin/sh'))
 def test_network_and_listening_sockets_fail(env, noop):
     task = "notecount_3"
     env.reset(options={"task_id": task})
-    port = env.apps.port  # the apps worker's real HTTP port on the host's loopback
+    worker_socket = str(env.apps.socket_path)  # the apps worker's real unix socket on the host
     code = f"""
 import socket
 results = []
 for attempt in [lambda: socket.socket().bind(('0.0.0.0', 0)),
                 lambda: socket.create_server(('127.0.0.1', 0)),
-                lambda: socket.create_connection(('127.0.0.1', {port}), timeout=1),
+                lambda: socket.create_connection(('127.0.0.1', 8000), timeout=1),
+                lambda: socket.socket(socket.AF_UNIX).connect({worker_socket!r}),
                 lambda: socket.socket(socket.AF_UNIX).connect('/run/x'),
                 lambda: socket.getaddrinfo('pypi.org', 443)]:
     try:

@@ -21,8 +21,11 @@ Episode protocol (newline-delimited JSON on the episode socket): ``{"exec": code
 
 Inside the episode process, before any agent code: rlimits (address space, CPU seconds, no new
 processes, no file writes, few fds) and a seccomp filter (no execve, fork, new sockets, ptrace,
-kill, mount, namespaces, bpf, keyrings, io_uring). Agent code then runs with full Python power in
-this process: the boundary is the kernel, not the Python level.
+kill, mount, namespaces, bpf, keyrings, io_uring, System V shared memory and message queues).
+Nothing in the sandbox's filesystem is writable (``/dev`` and ``/dev/shm`` included), so an episode
+holds no memory outside its own address-space limit and leaves nothing behind for the next one.
+Agent code then runs with full Python power in this process: the boundary is the kernel, not the
+Python level.
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ DENIED_SYSCALLS = (
     "io_uring_register", "open_by_handle_at", "name_to_handle_at", "init_module", "finit_module",
     "delete_module", "kexec_load", "reboot", "swapon", "swapoff", "setuid", "setgid", "setreuid",
     "setregid", "setresuid", "setresgid", "setgroups", "personality", "memfd_create",
+    # System V IPC and POSIX message queues: memory outside the address-space limit
+    "shmget", "shmat", "shmctl", "msgget", "msgsnd", "semget", "mq_open",
 )
 
 PREAMBLE = '''\

@@ -1,8 +1,14 @@
-"""An AppWorld worker: one process, one world at a time, JSON over HTTP on 127.0.0.1.
+"""An AppWorld worker: one process, one world at a time, JSON over HTTP on a private unix socket.
 
 Runs INSIDE the AppWorld virtualenv (pydantic 1); the agentgym process talks to it with the
 standard library only. It is trusted code and never runs model-written code: that runs in the
 OS sandbox (``../sandbox.py``), which reaches the apps only through ``/api`` as relayed by the env.
+
+Who can talk to it: the env creates the listening unix socket itself, in a folder only its own
+user can enter (mode 0700), and hands it over as ``--listen-fd``; the worker opens no other socket.
+Every request must also carry the per-start secret token the env writes on the worker's stdin
+(``Authorization: Bearer <token>``), else it gets 401 and nothing runs. Task ids and experiment
+names are single path components (``NAME``), so no request reaches a file outside the root.
 Two modes:
 
 - ``apps``: APPWORLD_ROOT is the play root (no ground truth). ``/open`` loads a task world (its
@@ -19,20 +25,41 @@ The server is single-threaded: AppWorld freezes the clock of the process that op
 from __future__ import annotations
 
 import argparse
+import errno
+import hmac
 import json
 import os
 import re
 import resource
+import socket
+import socketserver
 import sys
 import time
 import traceback
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# A task id or experiment name: one path component (no "/", never "." or "..").
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def checked_name(kind: str, value) -> str:
+    """``value`` when it is a safe single path component, else ValueError naming what was given
+    (the env checks names with this same function before they reach a worker).
+
+    >>> checked_name("experiment_name", "../../..")
+    Traceback (most recent call last):
+    ...
+    ValueError: experiment_name must be letters, digits, '_', '-' or '.' (not starting with '.'), at most 128 characters; got '../../..'
+    """
+    if not isinstance(value, str) or not NAME.match(value):
+        raise ValueError(f"{kind} must be letters, digits, '_', '-' or '.' (not starting with '.'), "
+                         f"at most 128 characters; got {str(value)[:80]!r}")
+    return value
 
 
 def apply_limits(mem_mb: int, cpu_seconds: int, fsize_mb: int) -> None:
-    """Cap address space, CPU seconds, file size; forbid new processes (non-root users)."""
+    """Cap address space, CPU seconds and file size (no core files)."""
     for name, value in (("RLIMIT_AS", mem_mb << 20), ("RLIMIT_CPU", cpu_seconds),
                         ("RLIMIT_FSIZE", fsize_mb << 20), ("RLIMIT_CORE", 0)):
         limit = getattr(resource, name)
@@ -40,10 +67,34 @@ def apply_limits(mem_mb: int, cpu_seconds: int, fsize_mb: int) -> None:
             resource.setrlimit(limit, (value, value))
         except (ValueError, OSError) as exc:  # the platform may not allow it: report, go on
             print(f"worker: cannot set {name}: {exc}", file=sys.stderr)
+
+
+CLONE_THREAD = 0x00010000
+AF_INET, AF_INET6, AF_PACKET = 2, 10, 17
+
+
+def confine_syscalls() -> None:
+    """A seccomp filter: threads but no new processes or programs (AppWorld's test client needs a
+    thread per world, so RLIMIT_NPROC cannot say this), no ptrace, no network sockets, and no
+    bind/listen (the only socket it serves is the one the env handed over). Reported and skipped
+    when libseccomp's Python binding (Debian's python3-seccomp, also the sandbox's) cannot load."""
+    sys.path.append("/usr/lib/python3/dist-packages")
     try:
-        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
-    except (ValueError, OSError) as exc:
-        print(f"worker: cannot set RLIMIT_NPROC: {exc}", file=sys.stderr)
+        import seccomp
+    except ImportError as exc:
+        print(f"worker: no seccomp filter ({exc})", file=sys.stderr)
+        return
+    finally:
+        sys.path.remove("/usr/lib/python3/dist-packages")
+    filt = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
+    for name in ("execve", "execveat", "fork", "vfork", "ptrace", "process_vm_readv", "process_vm_writev",
+                 "bind", "listen"):
+        filt.add_rule(seccomp.ERRNO(errno.EPERM), name)
+    for family in (AF_INET, AF_INET6, AF_PACKET):
+        filt.add_rule(seccomp.ERRNO(errno.EPERM), "socket", seccomp.Arg(0, seccomp.EQ, family))
+    filt.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")  # glibc then creates threads with clone
+    filt.add_rule(seccomp.ERRNO(errno.EPERM), "clone", seccomp.Arg(0, seccomp.MASKED_EQ, CLONE_THREAD, 0))
+    filt.load()  # libseccomp sets no_new_privs first (setpriv already did, run as root)
 
 
 _BUILTIN_ERRORS = {"Exception", "ValueError", "TypeError", "KeyError", "IndexError", "AttributeError"}
@@ -68,6 +119,8 @@ class Worker:
     def open(self, task_id: str, experiment_name: str, max_api_calls: int = 1000) -> dict:
         from appworld import AppWorld
 
+        checked_name("task_id", task_id)
+        checked_name("experiment_name", experiment_name)
         self.close()
         self.world = AppWorld(task_id=task_id, experiment_name=experiment_name, load_ground_truth=False,
                               timeout_seconds=None, max_api_calls_per_interaction=max_api_calls,
@@ -144,6 +197,8 @@ class Worker:
         from appworld.apps.api_lib import clear_local_dbs_cache
         from appworld.evaluator import evaluate_task
 
+        checked_name("task_id", task_id)
+        checked_name("experiment_name", experiment_name)
         try:
             tracker = evaluate_task(task_id=task_id, experiment_name=experiment_name,
                                     suppress_errors=True, save_report=False)
@@ -155,21 +210,32 @@ class Worker:
             clear_local_dbs_cache()
             self.episodes += 1
 
-    def solution(self, task_id: str) -> dict:
-        from appworld.common.path_store import path_store
 
-        path = os.path.join(path_store.data, "tasks", task_id, "ground_truth", "solution.py")
-        return {"code": open(path).read() if os.path.exists(path) else None}
-
-
-def make_handler(worker: Worker):
+def make_handler(worker: Worker, token: str):
     routes = {"apps": {"/open": worker.open, "/api": worker.api, "/step_end": worker.step_end,
                        "/save": worker.save, "/close": worker.close},
-              "grade": {"/evaluate": worker.evaluate, "/solution": worker.solution}}[worker.mode]
+              "grade": {"/evaluate": worker.evaluate}}[worker.mode]
+    expected = f"Bearer {token}".encode()
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):  # quiet: the parent process logs what matters
             pass
+
+        def address_string(self) -> str:  # a unix socket peer has no address
+            return "local"
+
+        def _authorized(self) -> bool:
+            """The env's token, compared in constant time; anything else gets 401 and no work."""
+            given = self.headers.get("Authorization", "").encode(errors="replace")
+            if hmac.compare_digest(given, expected):
+                return True
+            try:  # drain a small body so the client reads the refusal, not a reset
+                self.rfile.read(min(max(int(self.headers.get("Content-Length", "0")), 0), 1 << 20))
+            except (ValueError, OSError):
+                pass
+            self.close_connection = True
+            self._send(401, {"error": "missing or wrong token: this worker answers only the env that started it"})
+            return False
 
         def _send(self, status: int, payload: dict) -> None:
             body = json.dumps(payload, default=str).encode()
@@ -180,6 +246,8 @@ def make_handler(worker: Worker):
             self.wfile.write(body)
 
         def do_GET(self):
+            if not self._authorized():
+                return
             if self.path == "/health":
                 self._send(200, {"ok": True, "pid": os.getpid(), "mode": worker.mode,
                                  "episodes": worker.episodes, "task_id": worker.task_id})
@@ -187,6 +255,8 @@ def make_handler(worker: Worker):
                 self._send(404, {"error": f"no route GET {self.path}"})
 
         def do_POST(self):
+            if not self._authorized():
+                return
             handler = routes.get(self.path)
             if handler is None:
                 self._send(404, {"error": f"no route POST {self.path} in {worker.mode} mode"})
@@ -220,12 +290,17 @@ def _exit_with_parent() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mode", choices=["apps", "grade"], required=True)
-    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--listen-fd", type=int, required=True,
+                        help="a listening unix stream socket the env created (and alone can reach)")
     parser.add_argument("--max-output-chars", type=int, default=1_000_000)
     parser.add_argument("--mem-mb", type=int, default=3072)
     parser.add_argument("--cpu-seconds", type=int, default=3600)
     parser.add_argument("--fsize-mb", type=int, default=64)
     args = parser.parse_args(argv)
+    token = sys.stdin.readline().strip()  # never on the command line (other users can read argv)
+    if len(token) < 32:
+        print("worker: no token on stdin; refusing to serve", file=sys.stderr)
+        return 2
     worker = Worker(args.mode, args.max_output_chars)
     # Import AppWorld (and warm it up) before limits and the guard are in force.
     import appworld.environment  # noqa: F401
@@ -238,11 +313,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.mode == "apps":
             import_apis_module(app)
 
-    server = HTTPServer(("127.0.0.1", args.port), make_handler(worker))
+    server = socketserver.UnixStreamServer("", make_handler(worker, token), bind_and_activate=False)
+    server.socket.close()
+    server.socket = socket.socket(fileno=args.listen_fd)
+    if server.socket.family != socket.AF_UNIX:
+        print("worker: --listen-fd is not a unix socket; refusing to serve", file=sys.stderr)
+        return 2
     _exit_with_parent()
     apply_limits(args.mem_mb, args.cpu_seconds, args.fsize_mb)
-    # The parent reads the port from this line (port 0 lets the kernel choose a free one).
-    print(json.dumps({"port": server.server_address[1], "pid": os.getpid()}), flush=True)
+    confine_syscalls()
+    # The parent waits for this line: the worker is warm and about to serve.
+    print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
     started = time.time()
     try:
         server.serve_forever()
