@@ -92,7 +92,7 @@ def _open_regular(path: Path, flags: int, what: str) -> int:
 
 def open_append(path: str | Path, what: str = "") -> BinaryIO:
     """``open(path, "ab")`` that refuses a symbolic link or anything but a regular file."""
-    fd = _open_regular(Path(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, what)
+    fd = _open_regular(Path(path), os.O_RDWR | os.O_APPEND | os.O_CREAT, what)  # readable: to check its last byte
     return os.fdopen(fd, "ab")
 
 
