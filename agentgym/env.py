@@ -387,7 +387,11 @@ class AgentEnv(gym.Env[str, str]):
             reply = EnvReply(messages=[Message(role="user", content=problem)],
                              feedback=[Feedback(kind=FeedbackKind.ERROR, step=index, text=problem,
                                                 payload={"type": "invalid_action"})])
+            # stored clipped: a rejected action must not grow the history by its own size
             action_text = action if isinstance(action, str) else repr(action)[:200]
+            if len(action_text) > self.max_action_chars:
+                action_text = (action_text[:self.max_action_chars] + f"... [{len(action_text) - self.max_action_chars}"
+                               " more characters not stored]")
         else:
             action_text = action
             reply = self._guarded_step(action)

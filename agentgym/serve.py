@@ -10,6 +10,10 @@ built once before the server listens, so missing data or bad constructor argumen
 (exit 2) instead of a server that fails every session. SIGTERM / SIGINT stop it: open sessions are
 told to close, every env still open is closed, and the process exits 0.
 
+There is no authentication: whoever reaches the port can open sessions (up to ``--max-sessions``
+envs in all, stateless HTTP requests included) and step them with any action. The default bind
+address is 127.0.0.1; binding elsewhere prints a warning (README: "Threat model: agentgym serve").
+
 Needs the ``serve`` extra and ``openenv-core`` (installed with ``--no-deps``: its full dependency
 set pulls gradio, ~250 MB, which the server never imports; see the README).
 """
@@ -36,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port; the chosen one is printed)")
     p.add_argument("--max-sessions", type=int, default=8,
-                   help="concurrent sessions, each with its own env (one more is refused); default 8")
+                   help="envs held at once: WebSocket sessions, each with its own env, and the fresh env of "
+                        "each stateless HTTP request (one more is refused); default 8")
     p.add_argument("--session-timeout", type=float, default=600.0,
                    help="close a session idle this many seconds (0: never); default 600")
     p.add_argument("--env-kwargs", default=None, help="JSON object of constructor kwargs for every session's env")
@@ -45,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import a module (or path.py) that registers envs first; repeatable")
     p.add_argument("--ws-max-bytes", type=int, default=DEFAULT_WS_MAX_BYTES,
-                   help=f"largest WebSocket message accepted (default {DEFAULT_WS_MAX_BYTES})")
+                   help=f"largest WebSocket message or HTTP request body accepted (default {DEFAULT_WS_MAX_BYTES})")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
     return p
 
@@ -98,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"agentgym serve: cannot build {args.env_id}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     app = make_app(env_id, env_kwargs=kwargs, max_sessions=args.max_sessions,
-                   session_timeout_s=args.session_timeout or None)
+                   session_timeout_s=args.session_timeout or None, max_body_bytes=args.ws_max_bytes)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"agentgym serve: warning: listening on {args.host} without authentication: anyone who reaches "
+              f"this port can open up to {args.max_sessions} {env_id} envs and step them with any action "
+              "(see the README's threat model)", file=sys.stderr, flush=True)
 
     class _Server(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:

@@ -34,30 +34,50 @@ MCP JSON-RPC on the session's WebSocket (``{"type": "mcp", "data": {"jsonrpc": "
 "tools/list" | "tools/call", ...}}``) lists the same tools and calls one as an env step; its result
 is that step's observation (``text``, ``reward``, ``done``, ``feedback``, ...).
 
-HTTP ``POST /reset``, ``/step`` and ``/mcp`` are OpenEnv's stateless endpoints (a fresh env per
-request, so no episode state): use the WebSocket for episodes.
+HTTP ``POST /reset`` and ``/mcp`` are stateless (a fresh env per request, closed when it answers,
+so no episode state): use the WebSocket for episodes. ``POST /step`` validates the action and
+answers 409 (a fresh env has no episode to step) without building an env; ``GET /state`` and
+``/metadata`` build none either.
+
+Every env the server holds counts against ``max_sessions``: WebSocket sessions, HTTP MCP sessions
+and the fresh envs of stateless requests alike (one more is ``CAPACITY_REACHED``, HTTP 503). An idle
+session is reaped by closing its WebSocket (close code 4408 with the reason) before its env is
+closed, so its client cannot go on stepping outside the count. Every malformed message - not JSON,
+nested more than ``MAX_MESSAGE_DEPTH`` levels, an integer over ``MAX_INT_BITS`` bits, NaN, not an
+object, a binary frame - is an error reply and the session goes on; a client that disconnects, even
+mid-step, ends its session without a traceback. The server has no authentication: see the README's
+threat model for ``serve``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
 import json
 import logging
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import gymnasium as gym
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from openenv.core.env_server.exceptions import EnvironmentFactoryError, SessionCapacityError
 from openenv.core.env_server.http_server import HTTPEnvServer
 from openenv.core.env_server.interfaces import Environment
 from openenv.core.env_server.mcp_types import ListToolsObservation, Tool
-from openenv.core.env_server.types import Action, ConcurrencyConfig, EnvironmentMetadata, Observation, State
+from openenv.core.env_server.mcp_types import JsonRpcErrorCode, JsonRpcResponse
+from openenv.core.env_server.serialization import deserialize_action, serialize_observation
+from openenv.core.env_server.types import (Action, ConcurrencyConfig, EnvironmentMetadata, Observation, ResetRequest,
+                                           ResetResponse, State, StepRequest, WSErrorCode, WSErrorResponse)
 
 from agentgym.envspec import check_env_id
+from agentgym.parsing import MAX_ARGUMENT_DEPTH, check_json_value
 from agentgym.types import Feedback, Message, json_safe
 
 __all__ = ["AgentAction", "AgentObservation", "AgentToolObservation", "AgentState", "AgentGymEnvironment",
@@ -158,17 +178,34 @@ def _dump_feedback(records: list[Any]) -> list[dict[str, Any]]:
 
 
 class _Open:
-    """The envs a server has open, so that shutdown closes the ones no session end closed."""
+    """The envs a server holds, so that every one counts against ``capacity`` (sessions and
+    stateless requests alike) and shutdown closes the ones no session end closed."""
 
-    def __init__(self):
+    def __init__(self, capacity: int | None = None):
         self._lock = threading.Lock()
         self._envs: dict[int, AgentGymEnvironment] = {}
+        self._building = 0
+        self.capacity = capacity
         self.created = 0
 
-    def add(self, env: "AgentGymEnvironment") -> None:
+    def reserve(self) -> None:
+        """Hold a slot for an env about to be built; ``SessionCapacityError`` when all are taken."""
         with self._lock:
+            held = len(self._envs) + self._building
+            if self.capacity is not None and held >= self.capacity:
+                raise SessionCapacityError(held, self.capacity)
+            self._building += 1
+
+    def add(self, env: "AgentGymEnvironment", *, reserved: bool = False) -> None:
+        with self._lock:
+            if reserved:
+                self._building -= 1
             self._envs[id(env)] = env
             self.created += 1
+
+    def unreserve(self) -> None:
+        with self._lock:
+            self._building -= 1
 
     def discard(self, env: "AgentGymEnvironment") -> None:
         with self._lock:
@@ -176,7 +213,7 @@ class _Open:
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._envs)
+            return len(self._envs) + self._building
 
     def close_all(self) -> int:
         with self._lock:
@@ -194,14 +231,21 @@ class AgentGymEnvironment(Environment):
     def __init__(self, env_id: str, env_kwargs: dict[str, Any] | None = None, open_envs: _Open | None = None):
         super().__init__()
         self.env_id = env_id
-        self.env = gym.make(env_id, **dict(env_kwargs or {}))
+        if open_envs is not None:
+            open_envs.reserve()  # counted before it is built: a slow build holds its slot
+        try:
+            self.env = gym.make(env_id, **dict(env_kwargs or {}))
+        except BaseException:
+            if open_envs is not None:
+                open_envs.unreserve()
+            raise
         self._open = open_envs
         self._closed = False
         self._episode_id: str | None = None
         self._done = True
         self._steps = 0
         if open_envs is not None:
-            open_envs.add(self)
+            open_envs.add(self, reserved=True)
 
     @property
     def _inner(self) -> Any:
@@ -323,22 +367,236 @@ class _ToolServer:
                 for tool in mcp_tools(list(getattr(env._inner, "tools", []) or []))}
 
 
-class _QuietDisconnect:
-    """openenv-core 0.3.0 closes a WebSocket the client already closed and lets starlette's
-    ``WebSocketDisconnect`` escape after the session was cleaned up: an ASGI traceback per normal
-    session end. This drops exactly that exception (WebSocket scopes only)."""
+MAX_MESSAGE_DEPTH = MAX_ARGUMENT_DEPTH + 8  # a message wraps tool arguments in a few levels of its own
+DEFAULT_MAX_BODY_BYTES = 16 << 20  # one HTTP request body
+IDLE_CLOSE_CODE = 4408  # the WebSocket close code of a session reaped for idling (4xxx: the application's)
+_CONNECTION: contextvars.ContextVar["_Connection | None"] = contextvars.ContextVar("agentgym_ws", default=None)
 
-    def __init__(self, app: Any):
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_message(raw: str | bytes, what: str = "the message") -> Any:
+    """A JSON object from a client, or ValueError saying why not: not JSON, nested more than
+    ``MAX_MESSAGE_DEPTH`` levels, an integer over ``MAX_INT_BITS`` bits, NaN / Infinity, or not an
+    object. Never a RecursionError, whatever the input."""
+    try:
+        value = json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError(f"{what} nests too deeply to parse (the limit is {MAX_MESSAGE_DEPTH} levels)") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{what} is not UTF-8: {exc.reason}") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer of more than 4300 digits
+        raise ValueError(f"{what} is not JSON: {str(exc)[:200]}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a JSON object, got a JSON {type(value).__name__}")
+    check_json_value(value, what, max_depth=MAX_MESSAGE_DEPTH)
+    return value
+
+
+class _Connection:
+    """One WebSocket as ``_SessionGuard`` sees it: whether the app is answering a message (``busy``),
+    the last traffic, and the request to close it (``close_idle``, from the reaper)."""
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.gone = False  # the socket is closed (by the client, or by us)
+        self.last_activity = time.time()
+        self.closing: str | None = None
+        self.wake = asyncio.Event()
+
+    def close_idle(self, reason: str) -> None:
+        self.closing = reason
+        self.wake.set()
+
+
+class _SessionGuard:
+    """ASGI middleware in front of openenv-core's WebSocket loop (``/ws`` and ``/mcp``):
+
+    - a frame that loop would end the session on (binary, too deep, a huge integer, NaN, not a JSON
+      object) is answered with an error reply here and never reaches it: the session goes on;
+    - a reaped session's socket is closed (``IDLE_CLOSE_CODE`` and the reason) and the loop is told
+      the client left, so it closes the session's env and frees its slot;
+    - a client gone mid-step (the reply cannot be sent) or a normal close ends the loop quietly,
+      with no ASGI traceback."""
+
+    def __init__(self, app: Any, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
         self.app = app
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http":
+            return await self._http(scope, receive, send)
         if scope.get("type") != "websocket":
             return await self.app(scope, receive, send)
         from starlette.websockets import WebSocketDisconnect
+
+        conn = _Connection()
+        rpc = scope.get("path", "").rstrip("/").endswith("/mcp")
+        pending: asyncio.Task | None = None
+
+        async def real_send(message: dict[str, Any]) -> None:
+            if conn.gone:
+                return  # the client is gone: what the loop still sends has nowhere to go
+            try:
+                await send(message)
+            except Exception as exc:  # noqa: BLE001 - a client that hung up mid-step: an ordinary end
+                log.debug("websocket send failed (the client is gone): %s: %s", type(exc).__name__, exc)
+                conn.gone = True
+            if message.get("type") == "websocket.close":
+                conn.gone = True
+
+        async def guarded_send(message: dict[str, Any]) -> None:
+            if message.get("type") == "websocket.send":
+                conn.busy, conn.last_activity = False, time.time()
+            await real_send(message)
+
+        async def refuse(problem: str, code: str) -> None:
+            if rpc:
+                reply = JsonRpcResponse.error_response(JsonRpcErrorCode.PARSE_ERROR, problem).model_dump_json()
+            else:
+                reply = WSErrorResponse(data={"message": problem, "code": code}).model_dump_json()
+            await real_send({"type": "websocket.send", "text": reply})
+
+        async def guarded_receive() -> dict[str, Any]:
+            nonlocal pending
+            while True:
+                if conn.closing is not None and not conn.gone:
+                    await real_send({"type": "websocket.close", "code": IDLE_CLOSE_CODE, "reason": conn.closing[:120]})
+                if conn.gone:
+                    return {"type": "websocket.disconnect", "code": IDLE_CLOSE_CODE if conn.closing else 1006}
+                if pending is None:
+                    pending = asyncio.ensure_future(receive())
+                waker = asyncio.ensure_future(conn.wake.wait())
+                await asyncio.wait({pending, waker}, return_when=asyncio.FIRST_COMPLETED)
+                waker.cancel()
+                if not pending.done():
+                    continue  # woken to close
+                message, pending = pending.result(), None
+                conn.last_activity = time.time()
+                if message.get("type") != "websocket.receive":
+                    if message.get("type") == "websocket.disconnect":
+                        conn.gone = True
+                    return message
+                if message.get("text") is None:
+                    await refuse("binary frames are not accepted: send each message as JSON text",
+                                 WSErrorCode.INVALID_JSON)
+                    continue
+                try:
+                    parse_message(message["text"])
+                except ValueError as exc:
+                    await refuse(str(exc), WSErrorCode.INVALID_JSON)
+                    continue
+                conn.busy = True
+                return message
+
+        token = _CONNECTION.set(conn)
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, guarded_receive, guarded_send)
         except WebSocketDisconnect:
             pass
+        finally:
+            _CONNECTION.reset(token)
+            if pending is not None:
+                pending.cancel()
+
+
+    async def _http(self, scope: Any, receive: Any, send: Any) -> None:
+        """An HTTP request whose body is over ``max_body_bytes`` is a 413 (before the app reads it,
+        or as soon as a chunked body passes the cap)."""
+        cap, seen, started = self.max_body_bytes, 0, False
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"0")
+
+        async def too_large() -> None:
+            body = json.dumps({"detail": f"the request body is over the {cap}-byte limit", "code": "TOO_LARGE"})
+            await send({"type": "http.response.start", "status": 413,
+                        "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": body.encode()})
+
+        if declared.isdigit() and int(declared) > cap:
+            return await too_large()
+
+        async def capped_receive() -> dict[str, Any]:
+            nonlocal seen
+            message = await receive()
+            if message.get("type") == "http.request":
+                seen += len(message.get("body") or b"")
+                if seen > cap:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracked_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message.get("type") == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, capped_receive, tracked_send)
+        except _BodyTooLarge:
+            if not started:
+                await too_large()
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _Sessions(HTTPEnvServer):
+    """openenv-core's server, with every env counted (``_Open``) and idle sessions reaped by
+    closing their socket (``_SessionGuard``) rather than their env under a live loop."""
+
+    def __init__(self, *args: Any, open_envs: _Open, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._open = open_envs
+        self._connections: dict[str, _Connection] = {}
+
+    async def _create_session(self) -> tuple[str, Environment]:
+        if len(self._open) >= self._max_concurrent_envs:  # stateless requests hold slots too
+            raise SessionCapacityError(len(self._open), self._max_concurrent_envs)
+        try:
+            session_id, env = await super()._create_session()
+        except EnvironmentFactoryError as exc:
+            if isinstance(exc.__cause__, SessionCapacityError):
+                raise exc.__cause__ from None
+            raise
+        conn = _CONNECTION.get()
+        if conn is not None:
+            self._connections[session_id] = conn
+        return session_id, env
+
+    async def _destroy_session(self, session_id: str) -> None:
+        self._connections.pop(session_id, None)
+        await super()._destroy_session(session_id)
+
+    async def _reap_idle_sessions(self) -> None:
+        timeout = self._session_idle_timeout_s
+        if timeout is None:
+            return
+        while True:
+            await asyncio.sleep(min(max(timeout / 4, 0.05), 5.0))
+            try:
+                await self._reap_once(timeout)
+            except Exception as exc:  # noqa: BLE001 - the reaper keeps going
+                log.warning("idle-session reaper: %s: %s", type(exc).__name__, exc)
+
+    async def _reap_once(self, timeout: float) -> None:
+        now = time.time()
+        async with self._session_lock:
+            idle = {sid: info.last_activity_at for sid, info in self._session_info.items()}
+        for sid, last in idle.items():
+            conn = self._connections.get(sid)
+            if conn is not None:
+                if not conn.busy and not conn.gone and now - max(last, conn.last_activity) > timeout:
+                    log.info("closing session %s: idle for more than %g s", sid, timeout)
+                    conn.close_idle(f"session idle for more than {timeout:g} s: closed by the server")
+            elif now - last > timeout:  # an HTTP MCP session: no socket to close
+                await self._destroy_session(sid)
+
+
+def _error(status: int, message: str, code: str) -> Any:
+    from fastapi.responses import JSONResponse
+    return JSONResponse(status_code=status, content={"detail": message, "code": code})
 
 
 def _version() -> str:
@@ -350,22 +608,73 @@ def _version() -> str:
 
 
 def make_app(env_id: str, *, env_kwargs: dict[str, Any] | None = None, max_sessions: int = 8,
-             session_timeout_s: float | None = 600.0) -> Any:
+             session_timeout_s: float | None = 600.0, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Any:
     """The FastAPI app serving ``env_id`` (OpenEnv's routes: ``/ws``, ``/reset``, ``/step``,
-    ``/state``, ``/schema``, ``/metadata``, ``/health``). ``app.state.agentgym_open`` counts and
-    closes the envs still open; the app's shutdown closes them all."""
+    ``/state``, ``/schema``, ``/metadata``, ``/health``, ``/mcp``). ``app.state.agentgym_open``
+    counts and closes the envs still open (at most ``max_sessions``, whatever holds them); the
+    app's shutdown closes them all."""
     from fastapi import FastAPI
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
 
     env_id = check_env_id(env_id)
     if not isinstance(max_sessions, int) or isinstance(max_sessions, bool) or max_sessions < 1:
         raise ValueError(f"max_sessions must be a positive int, got {max_sessions!r}")
-    open_envs = _Open()
+    open_envs = _Open(capacity=max_sessions)
     factory = functools.partial(AgentGymEnvironment, env_id, dict(env_kwargs or {}), open_envs)
     app = FastAPI(title=f"agentgym {env_id}", version=_version(),
                   description=f"agentgym env {env_id} as an OpenEnv server (see agentgym.integrations.openenv_server)")
-    server = HTTPEnvServer(factory, AgentAction, AgentObservation, concurrency_config=ConcurrencyConfig(
+    server = _Sessions(factory, AgentAction, AgentObservation, open_envs=open_envs, concurrency_config=ConcurrencyConfig(
         max_concurrent_envs=max_sessions, session_timeout=session_timeout_s))
-    server.register_routes(app)
+    # "production" leaves out openenv-core's /reset, /step and /state (each builds an env outside
+    # any count, and an env error is a 500 with a traceback); the ones below replace them.
+    server.register_routes(app, mode="production")
+    metadata = _metadata(env_id)
+    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != "/metadata"]
+
+    @app.get("/metadata", response_model=EnvironmentMetadata, tags=["Environment Info"])
+    async def _metadata_route() -> EnvironmentMetadata:
+        return metadata
+
+    @app.get("/state", tags=["State Management"])
+    async def _state() -> Any:
+        return AgentState(env_id=env_id).model_dump(mode="json")
+
+    @app.post("/reset", tags=["Environment Control"])
+    async def _reset(request: Request) -> Any:
+        """A fresh env, reset, answered and closed; it counts against max_sessions while it lives."""
+        try:
+            body = await request.body()
+            data = parse_message(body, "the request body") if body.strip() else {}
+            ResetRequest.model_validate(data)
+        except (ValueError, ValidationError) as exc:
+            return _error(422, _one_line(exc), "VALIDATION_ERROR")
+        env = await run_in_threadpool(factory)
+        try:
+            observation = await run_in_threadpool(env.reset, **data)
+        except (ValueError, TypeError, KeyError) as exc:
+            return _error(422, f"{type(exc).__name__}: {_one_line(exc)}", "EXECUTION_ERROR")
+        except Exception as exc:  # noqa: BLE001 - the env's fault, said in one line (no ASGI traceback)
+            log.warning("POST /reset failed: %s: %s", type(exc).__name__, exc)
+            return _error(500, f"{type(exc).__name__}: {_one_line(exc)}", "EXECUTION_ERROR")
+        finally:
+            await run_in_threadpool(env.close)
+        return ResetResponse(**serialize_observation(observation)).model_dump(mode="json")
+
+    @app.post("/step", tags=["Environment Control"])
+    async def _step(request: Request) -> Any:
+        """Validates the action; a stateless env has no episode to step (use the WebSocket)."""
+        try:
+            data = parse_message(await request.body(), "the request body")
+            StepRequest.model_validate(data)
+            if not isinstance(data.get("action"), dict):
+                raise ValueError("'action' must be an object")
+            deserialize_action(data["action"], AgentAction)
+        except (ValueError, ValidationError) as exc:
+            return _error(422, _one_line(exc), "VALIDATION_ERROR")
+        return _error(409, "no episode in progress: a stateless /step has no episode to step; open a WebSocket "
+                           "session (/ws) and send reset, then step", "NO_EPISODE")
 
     async def _close_open_envs() -> None:
         closed = open_envs.close_all()
@@ -373,15 +682,38 @@ def make_app(env_id: str, *, env_kwargs: dict[str, Any] | None = None, max_sessi
             log.info("closed %d env(s) still open at shutdown", closed)
 
     app.router.on_shutdown.append(_close_open_envs)
-    app.add_middleware(_QuietDisconnect)
-
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    app.add_middleware(_SessionGuard, max_body_bytes=max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Any, exc: RequestValidationError) -> Any:
         # FastAPI's own handler fails (500) on a body that is not UTF-8: the errors hold its bytes
         return JSONResponse(status_code=422, content={"detail": json_safe(exc.errors())})
+
+    @app.exception_handler(SessionCapacityError)
+    async def _at_capacity(request: Any, exc: SessionCapacityError) -> Any:
+        return _error(503, str(exc), "CAPACITY_REACHED")
+
     app.state.agentgym_open = open_envs
     app.state.agentgym_server = server
     return app
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        text = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+        more = len(exc.errors()) - 1
+        return text + (f" (and {more} more)" if more else "")
+    return " ".join(str(exc).split())[:500]
+
+
+def _metadata(env_id: str) -> EnvironmentMetadata:
+    """The env's metadata from its registered class, without building one."""
+    entry = gym.spec(env_id).entry_point
+    try:
+        cls = entry if callable(entry) else gym.envs.registration.load_env_creator(entry)
+    except Exception:  # noqa: BLE001 - a name the registry resolves only when building
+        cls = None
+    doc = ((getattr(cls, "__doc__", None) or "").strip().splitlines() or [env_id])[0]
+    return EnvironmentMetadata(name=env_id, description=doc, version=_version())

@@ -254,12 +254,15 @@ def test_malformed_requests_get_error_responses_and_the_server_keeps_serving(bfc
         # the same session still works
         reply = ask(json.dumps({"type": "reset", "data": {"options": {"task_id": TASK}}}))
         assert reply["type"] == "observation" and reply["data"]["observation"]["task"]["id"] == TASK
-    with connect(ws_url) as ws:  # a message that is JSON but not an object ends only its own session
+    with connect(ws_url) as ws:  # a message that is JSON but not an object: an error, and the session goes on
         ws.send("[1, 2]")
         assert json.loads(ws.recv(timeout=30))["type"] == "error"
+        ws.send(json.dumps({"type": "reset", "data": {"options": {"task_id": TASK}}}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "observation"
     with httpx.Client(base_url=bfcl_server.url, timeout=30) as http:
         assert http.post("/step", content=b"\xff garbage").status_code == 422
         assert http.post("/step", json={"action": {"type": "call_tool"}}).status_code == 422
+        assert http.post("/reset", json={"options": {"task_id": TASK}}).json()["observation"]["task"]["id"] == TASK
         assert http.get("/health").json()["status"] == "healthy"
     with client(bfcl_server.url) as env:  # and the server serves new sessions
         assert env.reset(options={"task_id": TASK}).observation["task"]["id"] == TASK
