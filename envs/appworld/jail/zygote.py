@@ -13,7 +13,8 @@ message per packet:
   a child that enters new user, pid, mount, net, ipc and uts namespaces and forks the episode
   process (pid 1 of its own pid namespace, so it cannot name, signal or trace this template or any
   other episode); answers ``{"pid": <episode pid as seen here>}``.
-- ``{"op": "kill", "pid": P}``: SIGKILL an episode this template spawned (its whole namespace dies).
+- ``{"op": "kill", "pid": P}``: SIGKILL an episode this template spawned (its whole namespace dies)
+  and answer once it has exited.
 
 Episode protocol (newline-delimited JSON on the episode socket): ``{"exec": code, "timeout": s,
 "max_output_chars": n}`` -> any number of ``{"api": [app, api, kwargs]}`` requests (answered with
@@ -38,6 +39,7 @@ import json
 import linecache
 import os
 import resource
+import select
 import signal
 import socket
 import sys
@@ -123,11 +125,7 @@ def main() -> int:
                 reply = {"killed": False}
                 if pid in spawned:
                     spawned.discard(pid)
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                        reply = {"killed": True}
-                    except ProcessLookupError:
-                        pass
+                    reply = {"killed": _kill_and_wait(pid)}
             else:
                 reply = {"error": f"unknown request {str(request)[:200]}"}
         except Exception as exc:  # report, keep serving
@@ -139,6 +137,23 @@ def main() -> int:
                 except OSError:
                     pass
         ctl.send(json.dumps(reply).encode())
+
+
+def _kill_and_wait(pid: int, timeout: float = 5.0) -> bool:
+    """SIGKILL an episode and wait until it has exited (its files, ptys and memory released), so
+    the next episode never starts beside what is left of the last one."""
+    try:
+        handle = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    try:
+        signal.pidfd_send_signal(handle, signal.SIGKILL)
+        select.select([handle], [], [], timeout)  # readable once the process has exited
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(handle)
 
 
 def _spawn(ctl: socket.socket, channel_fd: int, limits: dict) -> int:
