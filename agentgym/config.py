@@ -188,6 +188,21 @@ class FeedbackConfig(_Section):
     api_max_concurrency: int = Field(8, ge=1, le=1024, description="API requests in flight at once")
     api_max_attempts: int = Field(6, ge=1, le=100, description="tries of a request that fails transiently "
                                                                "(429, 5xx, timeouts, malformed replies)")
+    prompts: dict[str, str] = Field(default_factory=dict, description=(
+        "wording of the feedback and the teacher turn: keys are agentgym.feedback.Prompts fields (e.g. teacher_hint, "
+        "teacher_privileged, reference_hindsight_generic), values str.format templates; a run records the full "
+        "wording it used"))
+
+    @field_validator("prompts", mode="before")
+    @classmethod
+    def _prompts_valid(cls, v: Any) -> Any:
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            raise ValueError(f"[feedback.prompts] must be a table of prompt name -> template, got {type(v).__name__}")
+        from agentgym.feedback.prompts import check_templates
+        check_templates(v)
+        return v
 
     @field_validator("source")
     @classmethod
@@ -294,6 +309,10 @@ class TrainConfig(_Section):
     max_reset_failure_fraction: float = Field(0.5, ge=0, le=1, description=(
         "stop the run (non-zero exit) when more than this fraction of an update's episodes fail at "
         "reset; an evaluation in which every episode errors always stops it"))
+    max_no_gradient_fraction: float = Field(0.5, ge=0, le=1, description=(
+        "stop the run (non-zero exit, with the cause) once more than this fraction of train.updates carried "
+        "no gradient (every advantage zero and no distillation target); each such update is warned about "
+        "and marked no_gradient = 1 in metrics.jsonl; 1 never stops"))
 
     @field_validator("log_with", mode="before")
     @classmethod
@@ -367,39 +386,121 @@ class RunConfig(_Section):
 
 
 # ------------------------------------------------------------------------------------------ loading
+# Limits on what a configuration may hold, from a file or overrides: a real one is a few KB, a few
+# levels deep, with no YAML aliases at all. Beyond them it is refused in one line (a "billion laughs"
+# alias bomb, a file nested 100,000 deep), before anything expands or recurses over it.
+MAX_CONFIG_BYTES = 4 << 20
+MAX_CONFIG_DEPTH = 32
+MAX_CONFIG_VALUES = 200_000  # counted as written out: a value an alias repeats counts each time
+MAX_CONFIG_CHARS = 16 << 20  # total characters of the strings, counted the same way
+MAX_YAML_ALIASES = 100
+
+
+def check_config_limits(data: Any, where: str = "the configuration") -> None:
+    """Raise ``ConfigError`` when ``data`` is nested deeper than ``MAX_CONFIG_DEPTH`` or holds more
+    than ``MAX_CONFIG_VALUES`` values / ``MAX_CONFIG_CHARS`` characters (shared sub-trees counted
+    every time they occur). Iterative and stops at the first limit: fast on any input.
+
+    >>> check_config_limits({"a": [1, 2, {"b": "c"}]})
+    >>> deep = []
+    >>> for _ in range(40):
+    ...     deep = [deep]
+    >>> check_config_limits({"rollout": {"vllm_kwargs": {"x": deep}}})
+    Traceback (most recent call last):
+    ...
+    agentgym.config.ConfigError: the configuration is nested deeper than 32 levels (at rollout.vllm_kwargs.x[0][0]...); refused
+    """
+    stack: list[tuple[Any, int, str]] = [(data, 0, "")]
+    values = chars = 0
+    while stack:
+        node, depth, at = stack.pop()
+        values += 1
+        if values > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{where} holds more than {MAX_CONFIG_VALUES:,} values (counting each repetition of a "
+                              "YAML alias); refused")
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"{where} is nested deeper than {MAX_CONFIG_DEPTH} levels (at {at[:60]}...); refused")
+        if isinstance(node, str):
+            chars += len(node)
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                chars += len(k) if isinstance(k, str) else 0
+                stack.append((v, depth + 1, f"{at}.{k}" if at else str(k)))
+        elif isinstance(node, (list, tuple)):
+            stack.extend((v, depth + 1, f"{at}[{i}]") for i, v in enumerate(node))
+        if chars > MAX_CONFIG_CHARS:
+            raise ConfigError(f"{where} holds more than {MAX_CONFIG_CHARS:,} characters of text (counting each "
+                              "repetition of a YAML alias); refused")
+
+
+def _yaml_load(text: str, path: Path) -> Any:
+    """``yaml.safe_load`` (no object tags) that refuses more than ``MAX_YAML_ALIASES`` aliases."""
+    try:
+        import yaml
+    except ImportError as exc:
+        raise ConfigError("YAML configs need PyYAML (pip install pyyaml); TOML needs nothing") from exc
+
+    class BoundedLoader(yaml.SafeLoader):
+        aliases = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                self.aliases += 1
+                if self.aliases > MAX_YAML_ALIASES:
+                    raise ConfigError(f"{path}: more than {MAX_YAML_ALIASES} YAML aliases (*name); refused "
+                                      "(an alias bomb expands exponentially)")
+            return super().compose_node(parent, index)
+
+    loader = BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())[:300]}") from None
+    finally:
+        loader.dispose()
+
+
 def _read_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
-    text = path.read_text()
-    if path.suffix == ".toml":
-        import tomllib
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    if path.suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError as exc:
-            raise ConfigError("YAML configs need PyYAML (pip install pyyaml); TOML needs nothing") from exc
-        data = yaml.safe_load(text) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
-        return data
-    if path.suffix == ".json":
-        try:
-            return json.loads(text)
-        except ValueError as exc:
-            raise ConfigError(f"{path}: not valid JSON: {exc}") from exc
-    raise ConfigError(f"config file {str(path)!r}: use .toml, .yaml/.yml or .json")
+    if path.suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise ConfigError(f"config file {str(path)!r}: use .toml, .yaml/.yml or .json")
+    with open(path, "rb") as f:
+        raw = f.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {str(path)!r} is larger than {MAX_CONFIG_BYTES:,} bytes; refused")
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+            try:
+                data = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        elif path.suffix == ".json":
+            try:
+                data = json.loads(text)
+            except ValueError as exc:
+                raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+        else:
+            data = _yaml_load(text, path)
+            data = {} if data is None else data
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to read (more than {MAX_CONFIG_DEPTH} levels are refused)") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    check_config_limits(data, str(path))
+    return data
 
 
 def _parse_value(text: str) -> Any:
     """Override values: JSON when they parse as JSON (numbers, true/false, null, lists, objects), else
     the string itself."""
     try:
-        return json.loads(text)
+        value = json.loads(text)
+    except RecursionError:
+        raise ConfigError(f"override value {text[:40]!r}...: nested too deeply") from None
     except ValueError:
         low = text.lower()
         if low in ("true", "false"):
@@ -407,6 +508,8 @@ def _parse_value(text: str) -> Any:
         if low in ("none", "null"):
             return None
         return text
+    check_config_limits(value, f"override value {text[:40]!r}")
+    return value
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -506,6 +609,7 @@ def load_config(argv: list[str] | None = None, *, base: dict[str, Any] | None = 
 
 def validate_config(data: dict[str, Any]) -> RunConfig:
     """``RunConfig.model_validate`` with one-line errors (``ConfigError``)."""
+    check_config_limits(data)
     try:
         if data.get("plugins"):
             import_plugins(list(data["plugins"]))
@@ -590,4 +694,8 @@ def help_text(config: RunConfig | None = None) -> str:
         if section == "feedback":
             lines.append("  --feedback.<source or selector>.<option> VALUE: constructor options of a registered "
                          f"source ({', '.join(SOURCES.names())}) or selector ({', '.join(SELECTORS.names())})")
+            from agentgym.feedback.prompts import PROMPTS, TEMPLATE_FIELDS
+            for pname, fields in TEMPLATE_FIELDS.items():
+                lines.append(f"  --feedback.prompts.{pname} = {getattr(PROMPTS, pname)!r}  (fields: "
+                             f"{', '.join(fields) or 'none'})")
     return "\n".join(lines)

@@ -86,6 +86,10 @@ class EnvEvent:
 
 
 # ------------------------------------------------------------------------------------------ the worker
+class _Encoded(bytes):
+    """An env's return value pickled inside the worker; the pool unpickles it per reply."""
+
+
 def _describe_exit(code: int | None) -> str:
     if code is None:
         return "stopped responding"
@@ -170,6 +174,9 @@ def _worker_main(index: int, requests: Any, results: Any, spec_bytes: bytes, plu
                 reply = (key, op, False, (type(exc).__name__, str(exc), traceback.format_exc(limit=-3)),
                          time.perf_counter() - started)
             try:
+                if reply[2]:  # pickled on its own: a value the rollout process cannot unpickle then fails
+                    # only its episode (the key and op travel outside it), never the whole pool
+                    reply = (*reply[:3], _Encoded(pickle.dumps(reply[3], protocol=pickle.HIGHEST_PROTOCOL)), reply[4])
                 results.send(reply)
             except Exception as exc:  # noqa: BLE001 - e.g. an info dict holding an unpicklable object
                 env = envs.pop(key, None)
@@ -348,6 +355,16 @@ class EnvPool:
 
     def _handle(self, worker: _Worker, reply: tuple) -> list[EnvEvent]:
         key, op, ok, value, seconds = reply
+        if ok and isinstance(value, _Encoded):
+            try:
+                value = pickle.loads(value)
+            except Exception as exc:  # noqa: BLE001 - e.g. a class whose __setstate__ / __init__ fails here
+                ok = False
+                value = ("UndecodableReply", f"env worker {worker.index}: the env's {op} result could not be decoded "
+                         f"in the rollout process ({type(exc).__name__}: {str(exc)[:300]}); the episode was "
+                         "truncated", "")
+                if worker.keys.get(key) == op:
+                    self._send(worker, ("close", key, None))  # the worker drops the env it still holds
         if op == "ready":
             worker.ready = True
             return []

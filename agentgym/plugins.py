@@ -143,7 +143,8 @@ def _origin(obj: Any) -> tuple[str, str]:
 
 
 def import_plugins(modules: str | list[str]) -> list[Any]:
-    """Import plugin modules (dotted names or ``.py`` paths) so that their decorators register.
+    """Import plugin modules (dotted names or ``.py`` paths) so that their decorators register. Each
+    is imported once per process: a ``.py`` file already imported from the same path is not run again.
 
     >>> import_plugins("json")[0].__name__
     'json'
@@ -156,10 +157,18 @@ def import_plugins(modules: str | list[str]) -> list[Any]:
                 if not path.is_file():
                     raise FileNotFoundError(f"--import {item!r}: no such file")
                 name = f"agentgym_plugin_{path.stem}"
+                loaded = sys.modules.get(name)
+                if loaded is not None and getattr(loaded, "__file__", None) == str(path.resolve()):
+                    out.append(loaded)  # imported once: a config validated twice does not run it again
+                    continue
                 module_spec = importlib.util.spec_from_file_location(name, path.resolve())
                 module = importlib.util.module_from_spec(module_spec)
                 sys.modules[name] = module
-                module_spec.loader.exec_module(module)
+                try:
+                    module_spec.loader.exec_module(module)
+                except BaseException:
+                    sys.modules.pop(name, None)  # a failed import is not "imported": the next try runs it
+                    raise
             else:
                 try:
                     module = importlib.import_module(item)
