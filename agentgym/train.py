@@ -552,7 +552,8 @@ class Trainer:
     def _open_outputs(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.is_main:
-            (self.run_dir / "config.json").write_text(json.dumps(self.config.model_dump(mode="json"), indent=2))
+            from agentgym.safeio import write_atomic  # the folder may be someone else's: never through a link
+            write_atomic(self.run_dir / "config.json", json.dumps(self.config.model_dump(mode="json"), indent=2))
             names = self.config.train.trackers
             if self.config.train.log_with is None and names == ["tensorboard"]:
                 import importlib.util
@@ -684,9 +685,8 @@ class Trainer:
                    "effect": effect, "success_interval_before": _interval(evals[0]),
                    "success_interval_after": _interval(evals[1]), "notes": notes}
         if self.is_main:
-            tmp = self.run_dir / "summary.json.tmp"
-            tmp.write_text(json.dumps(summary, indent=2))
-            os.replace(tmp, self.run_dir / "summary.json")
+            from agentgym.safeio import write_atomic  # exclusive temporary file + rename, never through a link
+            write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         return summary
 
 
