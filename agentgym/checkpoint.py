@@ -260,7 +260,7 @@ def clean_stray_temp(run_dir: str | Path) -> list[Path]:
     """
     root = Path(run_dir) / "checkpoints"
     removed = []
-    if root.is_dir():
+    if root.is_dir() and not root.is_symlink():  # never remove anything in a folder a link points to
         for p in root.iterdir():
             if p.name.startswith(_TMP_PREFIX):
                 if p.is_dir() and not p.is_symlink():

@@ -34,7 +34,8 @@ from agentgym.plugins import (LEARNERS, ROLLOUT_BACKENDS, SELECTORS, SOURCES, TE
                               import_plugins, suggest)
 
 __all__ = ["DISABLED", "FROM_PYTHON", "RunConfig", "ModelConfig", "EnvConfig", "RolloutConfig", "FeedbackConfig", "LearnerConfig",
-           "TrainConfig", "load_config", "ConfigError", "config_hash", "help_text", "parse_overrides"]
+           "TrainConfig", "load_config", "ConfigError", "config_hash", "help_text", "parse_overrides",
+           "run_folder_config", "check_config_limits"]
 
 
 DISABLED = "none"  # feedback.source / feedback.selector value that turns feedback off
@@ -491,6 +492,53 @@ def _read_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     check_config_limits(data, str(path))
+    return data
+
+
+def _same_module(named: str, given: list[str]) -> bool:
+    if named.endswith(".py"):
+        return any(g.endswith(".py") and Path(g).resolve() == Path(named).resolve() for g in given)
+    return named in given
+
+
+def run_folder_config(run_dir: str | Path, argv: list[str]) -> dict[str, Any]:
+    """A run folder's ``config.json`` as the base of a command's config (``agentgym eval RUN``),
+    read as data: nothing it names is imported. A run folder may be someone else's, so the modules
+    it names (its ``plugins`` and the module of a ``module:Env-v0`` env id) are imported only when the
+    command line passes them itself (``--import``, or a ``--config`` file of the user's): otherwise a
+    ``ConfigError`` says which ones the run needs. The returned dict has no ``plugins``; the
+    command's own ``--import`` values are added by ``load_config`` as usual."""
+    from agentgym.safeio import read_regular
+    path = Path(run_dir) / "config.json"
+    if not (path.is_file() or path.is_symlink()):
+        raise ConfigError(f"{str(run_dir)!r} is not a run folder (no config.json)")
+    try:
+        data = json.loads(read_regular(path, MAX_CONFIG_BYTES, str(path)))
+    except OSError as exc:
+        raise ConfigError(f"{path}: not read: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to read") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be an object, got {type(data).__name__}")
+    check_config_limits(data, str(path))
+    named = data.pop("plugins", None) or []
+    if not isinstance(named, list) or not all(isinstance(m, str) for m in named):
+        raise ConfigError(f"{path}: plugins must be a list of module names, got {str(named)[:80]!r}")
+    env = data.get("env") if isinstance(data.get("env"), dict) else {}
+    config_file, overrides = parse_overrides(list(argv))
+    given = list(overrides.get("plugins", []))
+    if config_file is not None:
+        given += [str(m) for m in _read_file(config_file).get("plugins") or []]
+    env_id = ((overrides.get("env") or {}).get("id") if isinstance(overrides.get("env"), dict) else None) or env.get("id")
+    if isinstance(env_id, str) and ":" in env_id:
+        named = [*named, env_id.partition(":")[0]]
+    missing = [m for m in dict.fromkeys(named) if not _same_module(m, given)]
+    if missing:
+        flags = " ".join(f"--import {m}" for m in missing)
+        raise ConfigError(f"{path} names plugin module(s) {', '.join(repr(m) for m in missing)}; agentgym never "
+                          f"imports modules named inside a run folder: if you trust them, pass {flags}")
     return data
 
 

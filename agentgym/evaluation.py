@@ -391,13 +391,11 @@ def _split_eval_args(argv: list[str]) -> tuple[dict[str, Any], list[str], list[s
 
 
 def _eval_config(settings: EvalSettings, rest: list[str]) -> Any:
-    from agentgym.config import ConfigError, load_config
+    from agentgym.config import ConfigError, load_config, run_folder_config
     from agentgym.train import cli_config
     if settings.run is not None:
-        cfg_file = Path(settings.run) / "config.json"
-        if not cfg_file.is_file():
-            raise ConfigError(f"{settings.run!r} is not a run folder (no config.json)")
-        cfg = load_config(rest, base=json.loads(cfg_file.read_text()))
+        # Read as data: modules the folder names are imported only when passed with --import.
+        cfg = load_config(rest, base=run_folder_config(settings.run, rest))
     else:
         cfg, _, _ = cli_config(rest)
     if settings.model is not None and not settings.model.startswith("openai:"):
