@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from agentgym.config import (DISABLED, FROM_PYTHON, ConfigError, LearnerConfig, RunConfig, config_hash, help_text, load_config,
@@ -66,9 +65,13 @@ class Preset:
     config: dict[str, Any]
     env_bound: dict[str, Any] = field(default_factory=dict)
     learner_bound: dict[str, Any] = field(default_factory=dict)
+    # Settings for other envs, each only while env.id is that env's (what makes its tasks possible).
+    per_env: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def base_for(self, env_id: str | None, learner: str | None) -> dict[str, Any]:
         base = dict(self.config)
+        if env_id in self.per_env:
+            base = _merge(base, self.per_env[env_id])
         if env_id in (None, base.get("env", {}).get("id")):
             base = _merge(base, self.env_bound)
         if learner in (None, base.get("learner", {}).get("name")):
@@ -101,6 +104,11 @@ PRESETS: dict[str, Preset] = {
                    "rollout": {"max_new_tokens": 32}},
         # A 135M model rarely writes usable hindsight JSON: the env's reference writes the hindsight.
         learner_bound={"feedback": {"source": "reference_hindsight", "selector": "hindsight_multi"}},
+        # ALFWorld's expert plans are 8-31 steps on the generated games (up to 50 in the official
+        # split): the env's own 50-step limit. Echo gives references, so the demo's reference-based
+        # hindsight has something to distil.
+        per_env={"agentgym/ALFWorld-v0": {"env": {"max_steps": None}},
+                 "agentgym/Echo-v0": {"env": {"kwargs": {"reference": True}}}},
     ),
     # The method papers' reported settings (GPU scale). The env's own limits give the papers' episode
     # lengths: BFCL 20 / AppWorld 40 steps (HINT-SD), ALFWorld 50 / WebShop 15 (SERL).
@@ -354,6 +362,8 @@ class Trainer:
         self._tb = None
         self.probe: tuple[list[int], list[int]] | None = None
         self.probe_before: float | None = None
+        from agentgym.noop import NoGradientWatch
+        self.no_gradient = NoGradientWatch(cfg.train.updates, cfg.train.max_no_gradient_fraction, log=self.is_main)
 
     def _feedback(self) -> tuple[Any, Any]:
         from agentgym.feedback import make_source
@@ -492,6 +502,8 @@ class Trainer:
         record["teacher_score_calls"] = record.get("teacher_calls", 0.0)
         record["teacher_calls"] = record["teacher_score_calls"] + usage.get("teacher_calls", 0.0)
         record["teacher_tokens"] = record.get("teacher_tokens", 0.0) + usage.get("teacher_tokens", 0.0)
+        record.update(self.no_gradient.observe(update, trajs, self._gather([record.get("trained_samples", 1.0)])[0],
+                                               ntargets, self.config.env.max_steps))  # said, never silent
         self._log(record)
         return record
 
@@ -643,6 +655,8 @@ class Trainer:
                 if final or (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0):
                     self.checkpoint(done)
                 self._write_summary(before, after, done, seconds)
+                if (stop := self.no_gradient.check()) is not None:
+                    raise TrainingError(stop)
         finally:
             bar.close()
         final_eval = self._recorded_eval(cfg.train.updates)
@@ -664,7 +678,7 @@ class Trainer:
 
     def _write_summary(self, before, after, updates, seconds, probe=(None, None), evals=({}, {})) -> dict[str, Any]:
         cfg = self.config
-        notes = list(self.notes)
+        notes = list(self.notes) + [n for n in [self.no_gradient.note()] if n]
         effect = _effect(*evals)
         if effect is not None:
             notes.append(f"measured: {effect['what']}")

@@ -30,8 +30,6 @@ from typing import Any, Callable
 
 from agentgym.paths import data_dir
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 __all__ = ["build_tiny_model", "build_smollm2", "TINY_CHAT_TEMPLATE", "MODEL_BUILDERS", "check_attention", "main"]
 
 # A ChatML template (the Qwen2.5 / Hermes family) that renders tools into the system turn and tool
@@ -247,7 +245,8 @@ MODEL_BUILDERS: dict[str, Callable[..., Path]] = {"tiny": build_tiny_model, "smo
 
 # ------------------------------------------------------------------------------------------ registered models
 # Entries of ``agentgym.plugins.MODELS``: () -> ModelSource. Any other ``model.name`` is a local
-# folder or a Hugging Face id (loaded with ``from_pretrained``; offline from the cache).
+# folder or a Hugging Face id (downloaded into the standard Hugging Face cache when the machine is
+# online, read from that cache when HF_HUB_OFFLINE is set; see ``fetch_hub_model``).
 @dataclass(frozen=True)
 class ModelSource:
     """Where a model comes from: a folder or hub id (tokenizer, and weights unless ``build``), its
@@ -300,24 +299,58 @@ def check_model_name(name: str) -> str:
             raise ValueError(f"model.name: {name!r} is a folder without config.json (not a transformers model)")
         return "folder"
     if _HUB_ID.match(name) and not name.startswith((".", "/")):
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-        if offline:
-            from huggingface_hub import try_to_load_from_cache
-            if not isinstance(try_to_load_from_cache(name, "config.json"), str):
-                raise ValueError(f"model.name: {name!r} is not in the Hugging Face cache and HF_HUB_OFFLINE=1; "
-                                 "download it first (huggingface-cli download) or unset HF_HUB_OFFLINE")
+        if hub_offline() and not _cached(name):
+            raise ValueError(f"model.name: {name!r} is not in the Hugging Face cache and HF_HUB_OFFLINE=1; "
+                             f"download it first (hf download {name}) or unset HF_HUB_OFFLINE")
         return "hub"
     raise ValueError(f"model.name: {name!r} is neither a registered model ({', '.join(MODELS.names())}), a local "
                      f"model folder, nor a Hugging Face id (org/name){suggest(name, MODELS.names())}")
 
 
+def hub_offline() -> bool:
+    """Whether the user put huggingface_hub in offline mode (``HF_HUB_OFFLINE``; the package never sets it)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _cached(name: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+    return isinstance(try_to_load_from_cache(name, "config.json"), str)
+
+
+# Weight formats transformers does not load here or duplicates of the safetensors (consolidated /
+# original checkpoints, GGUF, ONNX, ...): never downloaded.
+HUB_IGNORE = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.gguf", "*.onnx", "*.h5", "*.msgpack", "*.ot",
+              "original/*", "onnx/*", "openvino/*", "gguf/*"]
+
+
+def fetch_hub_model(name: str) -> Path:
+    """The local snapshot folder of hub id ``name``: downloaded (with a progress bar) into the standard
+    Hugging Face cache (``HF_HOME`` / ``HF_HUB_CACHE``; from ``HF_ENDPOINT``) when not there yet, read
+    from the cache offline. The download is resumable; a second call downloads nothing."""
+    from huggingface_hub import snapshot_download
+    if not hub_offline() and not _cached(name):
+        import sys
+        from huggingface_hub import constants
+        print(f"model: downloading {name} from {constants.ENDPOINT} into {constants.HF_HUB_CACHE}",
+              file=sys.stderr, flush=True)
+    try:
+        return Path(snapshot_download(name, ignore_patterns=HUB_IGNORE))
+    except Exception as exc:  # unreachable hub, unknown or gated repo: one line with what to do
+        raise ValueError(f"model.name: {name!r} could not be downloaded from the Hugging Face hub "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+                         f"check the id and the network, or download it with `hf download {name}`") from None
+
+
 def resolve_model(name: str) -> ModelSource:
-    """The ``ModelSource`` of a registered name, local folder or hub id (see ``check_model_name``)."""
+    """The ``ModelSource`` of a registered name, local folder or hub id (see ``check_model_name``); a
+    hub id is fetched into the Hugging Face cache first (``fetch_hub_model``)."""
     from agentgym.plugins import MODELS
     kind = check_model_name(name)
     if kind == "registered":
         return MODELS.get(name)()
-    return ModelSource(name, Path(name).name if kind == "folder" else name)
+    if kind == "hub":
+        return ModelSource(str(fetch_hub_model(name)), name)
+    return ModelSource(name, Path(name).name)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,6 @@ True
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -19,7 +18,6 @@ from agentgym.agents.base import (Conversation, Generation, Policy, PolicyError,
                                   request_prompts, request_seeds)
 from agentgym.agents.chat import ChatRenderer
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 __all__ = ["TransformersPolicy"]
 
