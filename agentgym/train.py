@@ -196,9 +196,11 @@ def _prepare_model(cfg: RunConfig, model: Any, tokenizer: Any, device: Any) -> A
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if m.lora and not hasattr(model, "peft_config"):
         import peft
-        model = peft.get_peft_model(model, peft.LoraConfig(
-            r=m.lora_r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout, target_modules=m.target_modules,
-            task_type="CAUSAL_LM"))
+        with warnings.catch_warnings():  # peft reads transformers' deprecated is_gradient_checkpointing
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = peft.get_peft_model(model, peft.LoraConfig(
+                r=m.lora_r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout, target_modules=m.target_modules,
+                task_type="CAUSAL_LM"))
     return model.to(device)
 
 
@@ -253,12 +255,14 @@ class Trainer:
     - ``source`` / ``selector``: a name (``"a+b"`` combines sources) or an instance;
     - ``teacher``: the policy that writes model-based feedback (default: the student with the
       teacher weights, or the registered ``config.feedback.teacher``);
-    - ``rollout``: a rollout backend name or instance.
+    - ``rollout``: a rollout backend name or instance;
+    - ``prompts``: an ``agentgym.feedback.Prompts`` (the wording of every source and of the
+      teacher turn; the same as ``config.feedback.prompts``, which a run records in full).
     """
 
     def __init__(self, config: RunConfig | dict[str, Any] | None = None, *, env: Any = None, model: Any = None,
                  tokenizer: Any = None, learner: Any = None, source: Any = None, selector: Any = None,
-                 teacher: Any = None, rollout: Any = None, notes: Sequence[str] = ()):
+                 teacher: Any = None, rollout: Any = None, prompts: Any = None, notes: Sequence[str] = ()):
         from agentgym.learners import Learner
         cfg = config if isinstance(config, RunConfig) else validate_config(dict(config or {}))
         cfg = cfg.model_copy(deep=True)
@@ -282,6 +286,8 @@ class Trainer:
             cfg.feedback.selector = _describe(selector, SELECTORS)
         if isinstance(rollout, str):
             cfg.rollout.backend = rollout
+        if prompts is not None:
+            cfg.feedback.prompts = {**cfg.feedback.prompts, **prompts.changed()}
         self._given = {"model": None if isinstance(model, str) else model, "tokenizer": tokenizer,
                        "learner": learner if isinstance(learner, Learner) else None,
                        "source": None if isinstance(source, str) else source,
@@ -341,7 +347,12 @@ class Trainer:
         import copy
         sharding = str(self.accelerator.distributed_type).rsplit(".", 1)[-1] in ("FSDP", "DEEPSPEED")
         mirror = copy.deepcopy(model) if sharding else None
-        self.learner = learner.bind(model, tok, accelerator=self.accelerator, temperature=temperature)
+        # One wording for the sources and the teacher turn (a learner built with its own prompts keeps them
+        # where the config changes nothing).
+        from agentgym.feedback.prompts import Prompts
+        self.prompts = Prompts.from_overrides(cfg.feedback.prompts, base=learner.prompts)
+        self.learner = learner.bind(model, tok, accelerator=self.accelerator, temperature=temperature,
+                                    prompts=self.prompts)
         if self.learner.sharded:
             self.learner.attach_mirror(mirror.to(self.accelerator.device))
         del mirror
@@ -362,6 +373,9 @@ class Trainer:
         self._tb = None
         self.probe: tuple[list[int], list[int]] | None = None
         self.probe_before: float | None = None
+        self._signal_warned = False
+        from agentgym.envspec import env_defaults
+        self._reference_reader = env_defaults(cfg.env.id).reference_action
         from agentgym.noop import NoGradientWatch
         self.no_gradient = NoGradientWatch(cfg.train.updates, cfg.train.max_no_gradient_fraction, log=self.is_main)
 
@@ -374,7 +388,7 @@ class Trainer:
             needs_policy = any(SOURCES.get(n).needs_policy for n in names)
             teacher = given["teacher"] or (TEACHERS.get(cfg.teacher)(cfg, self.policy, self.learner)
                                            if needs_policy else None)
-            source = make_source(cfg.source, policy=teacher, options=cfg.options())
+            source = make_source(cfg.source, policy=teacher, options=cfg.options(), prompts=self.prompts)
         if selector is None and cfg.selector != DISABLED:
             selector = SELECTORS.get(cfg.selector).from_config(
                 cfg.options().get(cfg.selector), include_successful=type(self.learner).feeds_successful)
@@ -484,7 +498,9 @@ class Trainer:
                                                   self.config.train.lr_schedule)
         for group in self.learner.optimizer.param_groups:
             group["lr"] = lr
-        metrics = {"lr": lr, **self.learner.update(Batch(trajs, targets))}
+        from agentgym.learners.signal import step_references
+        references = step_references(trajs, self._reference_reader, self.tokenizer) if self.learner.uses_teacher else None
+        metrics = {"lr": lr, **self.learner.update(Batch(trajs, targets, references=references))}
         trajs = [t.model_copy(update={"update": update, "phase": "train", "learner": self.config.learner.name,
                                       "targets": tg, "feedback": fb}) for t, tg, fb in zip(trajs, targets, feedback)]
         self._write_trajectories(trajs)
@@ -505,7 +521,18 @@ class Trainer:
         record.update(self.no_gradient.observe(update, trajs, self._gather([record.get("trained_samples", 1.0)])[0],
                                                ntargets, self.config.env.max_steps))  # said, never silent
         self._log(record)
+        self._check_signal(record)
         return record
+
+    def _check_signal(self, record: dict[str, Any]) -> None:
+        """Warn once per run when an update's teacher did not prefer the env's reference action."""
+        from agentgym.learners.signal import signal_problem
+        problem = None if self._signal_warned else signal_problem(record, self.config.feedback.source)
+        if problem and self.is_main:
+            self._signal_warned = True
+            self.notes.append(f"update {record['update']}: {problem}")
+            warnings.warn(f"{self.config.learner.name}: update {record['update']}: {problem}", RuntimeWarning,
+                          stacklevel=2)
 
     def _reference_probe(self, trajs) -> tuple[list[int], list[int]] | None:
         """(context, reference action ids) of the first step for which the env's declared
@@ -564,8 +591,10 @@ class Trainer:
     def _open_outputs(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.is_main:
+            recorded = self.config.model_dump(mode="json")
+            recorded["feedback"]["prompts"] = self.prompts.as_dict()  # the full wording this run used
             from agentgym.safeio import write_atomic  # the folder may be someone else's: never through a link
-            write_atomic(self.run_dir / "config.json", json.dumps(self.config.model_dump(mode="json"), indent=2))
+            write_atomic(self.run_dir / "config.json", json.dumps(recorded, indent=2))
             names = self.config.train.trackers
             if self.config.train.log_with is None and names == ["tensorboard"]:
                 import importlib.util
@@ -587,6 +616,18 @@ class Trainer:
             save_checkpoint(self.run_dir, step, self.learner.unwrapped, self.learner, config_hash=self.hash,
                             keep=self.config.train.keep_checkpoints, weights=weights, state=state)
         self.accelerator.wait_for_everyone()
+
+    def _signal_summary(self) -> dict[str, Any] | None:
+        path = self.run_dir / "metrics.jsonl"
+        records = []
+        for line in path.read_text().splitlines() if self.is_main and path.is_file() else []:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and rec.get("phase") == "train":
+                records.append(rec)
+        return _signal_of(records)
 
     def _recorded_eval(self, update: int) -> dict[str, Any]:
         """The run's (last) evaluation record of ``update`` in metrics.jsonl, or {}."""
@@ -696,12 +737,32 @@ class Trainer:
                    "reference_logprob_after": effect["after"] if effect else probe[1],
                    "trained_reference_logprob_before": probe[0], "trained_reference_logprob_after": probe[1],
                    "learner_metrics": sorted(type(self.learner).metrics),
+                   "teacher_signal": self._signal_summary(),
                    "effect": effect, "success_interval_before": _interval(evals[0]),
                    "success_interval_after": _interval(evals[1]), "notes": notes}
         if self.is_main:
             from agentgym.safeio import write_atomic  # exclusive temporary file + rename, never through a link
             write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         return summary
+
+
+def _signal_of(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The teacher-signal diagnostic over a run's training records: teacher_gain and
+    teacher_prefers_reference averaged over every targeted step with a reference (weighted by each
+    update's count), the per-update gains, and the mean teacher KL; None when no update had one."""
+    rows = [r for r in records if isinstance(r.get("teacher_gain"), (int, float))
+            and isinstance(r.get("teacher_gain_targets"), (int, float)) and r["teacher_gain_targets"] > 0]
+    if not rows:
+        return None
+    n = sum(r["teacher_gain_targets"] for r in rows)
+    kls = [r["teacher_kl"] for r in records if isinstance(r.get("teacher_kl"), (int, float))]
+    return {"teacher_gain": sum(r["teacher_gain"] * r["teacher_gain_targets"] for r in rows) / n,
+            "teacher_prefers_reference": sum(r.get("teacher_prefers_reference", 0.0) * r["teacher_gain_targets"]
+                                             for r in rows) / n,
+            "targets": n, "per_update": {str(r["update"]): r["teacher_gain"] for r in rows},
+            "teacher_kl": sum(kls) / len(kls) if kls else None,
+            "what": "mean per-token log-prob of the env's reference action under the teacher context minus under the "
+                    "student context, on the targeted steps that have one (> 0: the teacher prefers the reference)"}
 
 
 def _interval(record: dict[str, Any]) -> list[float] | None:
@@ -784,6 +845,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.train.run_dir = f"{cfg.train.run_dir}-{time.strftime('%Y%m%d-%H%M%S')}"
         started = time.perf_counter()
         trainer = Trainer(cfg, notes=[f"preset: {preset}"])
+        print(f"agentgym train: run folder {trainer.run_dir}", file=sys.stderr, flush=True)  # named at the start
         summary = trainer.run()
     except (ConfigError, UnknownPluginError, ValueError) as exc:
         return _fail("train", exc, 2)

@@ -20,10 +20,10 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable, Iterator, Sequence
 
-from agentgym.agents.base import Conversation, Generation, Policy, SamplingParams, ScoreResult
+from agentgym.agents.base import Conversation, Generation, Policy, SamplingParams, ScoreResult, as_chat
 from agentgym.agents.chat import ChatRenderer
 
-__all__ = ["Teacher", "TeacherContext", "TeacherWeights", "TeacherPolicy", "policy_teacher", "openai_teacher"]
+__all__ = ["Teacher", "TeacherContext", "AppendedTurn", "RewrittenLastTurn", "TeacherContextError", "TeacherWeights", "TeacherPolicy", "policy_teacher", "openai_teacher"]
 
 
 class TeacherWeights:
@@ -107,7 +107,7 @@ class Teacher:
 
     def __init__(self, backend: Policy, weights: TeacherWeights | None = None):
         self.backend, self.weights = backend, weights
-        self._context: TeacherContext | None = None
+        self._context: AppendedTurn | None = None
 
     def _ctx(self):
         if self.weights is None:
@@ -127,35 +127,83 @@ class Teacher:
     def teacher_context(self, student_prompt_ids: Sequence[int], hint: str) -> list[int]:
         """The student's exact context + one user message carrying ``hint`` + the generation prompt."""
         if self._context is None:
-            self._context = TeacherContext(self.backend.tokenizer)
+            self._context = AppendedTurn(self.backend.tokenizer)
         return self._context(student_prompt_ids, hint)
 
 
-def _bare_user_message(hint: str) -> dict[str, Any]:
-    return {"role": "user", "content": hint}
+class TeacherContextError(ValueError):
+    """A teacher context cannot be built token-exactly for this student context."""
 
 
 class TeacherContext:
-    """Builds teacher contexts: student context (ending with the generation prompt) -> the same
-    context with one extra user message inserted before the generation prompt, as tokens.
+    """How a learner turns a student's context (exact ids, ending with the generation prompt) and a
+    hint into the teacher's context, as tokens. Nothing the student saw is re-tokenized: the
+    builders only cut at a chat-turn boundary they have checked and render new turns with the
+    model's own template (``ChatRenderer.delta_text``).
 
-    The inserted turn is ``ChatRenderer.delta_text`` of that message (the template's own rendering,
-    checked append-only), so nothing earlier in the context is re-tokenized. ``message`` words the
-    hint as a chat message (the learners use ``agentgym.feedback.teacher_message``; the default is
-    the bare hint as a user turn).
+    A kind names the ``Prompts`` field it words the hint with (``prompt_field``) and the fields that
+    template receives; a learner declares its kind (``Learner.teacher_context_kind``).
+    ``TeacherContext(tokenizer)`` with no template is the bare hint as one appended user turn.
     """
 
-    def __init__(self, tokenizer: Any, message: Callable[[str], dict[str, Any]] | None = None):
+    prompt_field: str = "teacher_hint"
+
+    def __init__(self, tokenizer: Any, template: str | None = None):
         self.renderer = ChatRenderer(tokenizer)
-        self.message = message or _bare_user_message
+        self.template = template
         self.gen_prompt_ids = self.renderer.encode(self.renderer.delta_text([]))
 
-    def __call__(self, context: Sequence[int], hint: str) -> list[int]:
+    def _check_tail(self, context: Sequence[int]) -> int:
         n = len(self.gen_prompt_ids)
         if list(context[len(context) - n:]) != self.gen_prompt_ids:
-            raise ValueError(f"the student context does not end with the generation prompt "
-                             f"{self.gen_prompt_ids}; got tail {list(context[-n:])}")
-        return list(context[:len(context) - n]) + self.renderer.encode(self.renderer.delta_text([self.message(hint)]))
+            raise TeacherContextError(f"the student context does not end with the generation prompt "
+                                      f"{self.gen_prompt_ids}; got tail {list(context[-n:])}")
+        return n
+
+    def __call__(self, context: Sequence[int], hint: str, last_message: Any = None) -> list[int]:
+        raise NotImplementedError
+
+
+class AppendedTurn(TeacherContext):
+    """HINT-SD / dense SD: the student's context + ONE user turn ``teacher_hint.format(hint=...)``
+    + the generation prompt (the reference's "Consider the following feedback to solve this step")."""
+
+    prompt_field = "teacher_hint"
+
+    def __call__(self, context: Sequence[int], hint: str, last_message: Any = None) -> list[int]:
+        n = self._check_tail(context)
+        text = self.template.format(hint=hint) if self.template is not None else hint
+        return list(context[:len(context) - n]) + self.renderer.encode(
+            self.renderer.delta_text([{"role": "user", "content": text}]))
+
+
+class RewrittenLastTurn(TeacherContext):
+    """SERL: the student's context with its LAST message (the step prompt, right before the
+    generation prompt) rewritten as ``teacher_privileged.format(prompt=<its text>,
+    privileged_context=hint)`` in the same role, as SERL's reference rebuilds the step's messages.
+
+    The last turn's tokens are located by rendering it alone as the template renders a turn after
+    an assistant message (``delta_text``) and checking that the context ends with exactly those ids;
+    a context that does not (another template's layout, a truncated context) raises
+    ``TeacherContextError`` instead of guessing."""
+
+    prompt_field = "teacher_privileged"
+
+    def __call__(self, context: Sequence[int], hint: str, last_message: Any = None) -> list[int]:
+        self._check_tail(context)
+        if last_message is None:
+            raise TeacherContextError("rewriting the last turn needs that turn's message (Sample.last_message)")
+        message = as_chat(last_message)
+        text = message.get("content")
+        if not isinstance(text, str):
+            raise TeacherContextError(f"the last turn's content is not text: {type(text).__name__}")
+        tail = self.renderer.encode(self.renderer.delta_text([message]))
+        if len(tail) > len(context) or list(context[len(context) - len(tail):]) != tail:
+            raise TeacherContextError(f"the student context does not end with its last {message.get('role')!r} turn "
+                                      f"rendered by the chat template ({len(tail)} ids)")
+        template = self.template if self.template is not None else "{prompt}\n\n{privileged_context}"
+        rewritten = {**message, "content": template.format(prompt=text, privileged_context=hint)}
+        return list(context[:len(context) - len(tail)]) + self.renderer.encode(self.renderer.delta_text([rewritten]))
 
 
 # ------------------------------------------------------------------------------------------ feedback teachers

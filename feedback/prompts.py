@@ -1,21 +1,45 @@
-"""Every piece of wording that agentgym's feedback sources put in front of a model or a teacher.
+"""Every piece of wording that agentgym's feedback sources and teachers put in front of a model.
 
 All prompts live here, as fields of one frozen dataclass, so that changing the wording is one line
 and never a code change:
 
 >>> from agentgym.feedback.prompts import PROMPTS
->>> mine = PROMPTS.replace(judge_instruction="Say PASS or FAIL, then why, in two sentences.")
+>>> mine = PROMPTS.replace(judge_instruction="Say PASS or FAIL, then why, in two sentences. {transcript}")
 >>> mine.judge_instruction.startswith("Say PASS")
 True
 
-Give ``prompts=mine`` to any LLM-based source (``LLMJudgeSource(policy, prompts=mine)``).
-Templates use ``str.format`` fields; the fields each template receives are listed beside it.
+From a run config the same fields are the ``[feedback.prompts]`` section (``--feedback.prompts.teacher_hint
+"..."`` on the command line, ``Trainer(prompts=mine)`` in Python); they reach every source and the
+learner's teacher context, and ``config.json`` records the wording a run used. Each template is
+checked before anything loads: an unknown name gets a did-you-mean, a ``{field}`` the template does
+not receive is an error naming the fields it does receive.
+
+>>> Prompts.from_overrides({"teacher_hnt": "x"})
+Traceback (most recent call last):
+...
+ValueError: unknown prompt 'teacher_hnt'; did you mean 'teacher_hint' or 'teacher_privileged'?
+>>> Prompts.from_overrides({"teacher_hint": "Hint: {hnt}"})
+Traceback (most recent call last):
+...
+ValueError: prompt teacher_hint: {hnt} is not a field of this template; it receives {hint}
+
+Two rules hold for the built-in wording (``tests/feedback/test_prompts.py``):
+
+- the teacher turns are the method papers' own (HINT-SD appends one user turn "Consider the
+  following feedback to solve this step:\n\n{hint}"; SERL rewrites the last user message as
+  "{prompt}\n\n{privileged_context}\n\nCorrectly solve the current task.\n");
+- a hint states the correction or the evidence, never a copy of the failed attempt: a small teacher
+  shown its own wrong action copies it (measured on SmolLM2-135M: the right answer's log-prob fell
+  from -2.46 to -7.00), and distillation then teaches the mistake. ``quote_action=True`` on a
+  rule-based source opts back in (``quoted_action`` is then added to its hints).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import string
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 __all__ = ["Prompts", "PROMPTS"]
 
@@ -76,15 +100,14 @@ class Prompts:
     # fields: text
     reference: str = "Reference solution: {text}"
     # fields: turn, expected, actual
-    reference_hindsight_wrong: str = (
-        "This step departs from the reference for turn {turn}. The reference calls are: {expected}. "
-        "You called: {actual}. Make the reference call next instead.")
+    # (``actual``, the failed action, is offered but not used by default: a teacher copies what it is shown)
+    reference_hindsight_wrong: str = "Make these calls at this step: {expected}."
     reference_hindsight_missing: str = (
-        "You ended turn {turn} too early: the reference still needs {expected}. Make those calls "
-        "before answering in plain text.")
+        "Turn {turn} is not done yet: make these calls before answering in plain text: {expected}.")
     # fields: expected, actual
-    reference_hindsight_generic: str = (
-        "This step departs from the reference. Expected: {expected}. You did: {actual}.")
+    reference_hindsight_generic: str = "The correct action at this step is: {expected}"
+    # added to a rule-based source's hint only with ``quote_action=True``; fields: actual
+    quoted_action: str = "Your action was: {actual}"
     # fields: state, candidates
     anchor: str = ("From this same state, attempts of this task tried these actions:\n{candidates}\n"
                    "Prefer the actions that led to success.")
@@ -93,12 +116,79 @@ class Prompts:
                              "best {best:.3g}, worst {worst:.3g}")
 
     # ---------------------------------------------------------------- teacher context
-    # The extra user message a distillation teacher gets; fields: hint
-    teacher_hint: str = "Here is feedback on how to act at this step. Use it to solve this step:\n{hint}"
+    # HINT-SD and dense SD: the user turn appended to the student's context (HINT-SD's reference
+    # wording); fields: hint
+    teacher_hint: str = "Consider the following feedback to solve this step:\n\n{hint}"
+    # SERL: the last user message rewritten (``recipe/serl/privileged_context.py``'s template);
+    # fields: prompt (that message's text), privileged_context (the feedback)
+    teacher_privileged: str = "{prompt}\n\n{privileged_context}\n\nCorrectly solve the current task.\n"
 
     def replace(self, **changes: str) -> "Prompts":
-        """A copy with some templates changed (unknown names raise ``TypeError``)."""
+        """A copy with some templates changed, each checked as ``from_overrides`` checks it."""
+        check_templates(changes)
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_overrides(cls, overrides: Mapping[str, Any] | None = None, base: "Prompts | None" = None) -> "Prompts":
+        """The default wording (or ``base``) with ``overrides`` ({field: template}) applied, checked."""
+        overrides = dict(overrides or {})
+        check_templates(overrides)
+        return dataclasses.replace(base or PROMPTS, **overrides)
+
+    def changed(self) -> dict[str, str]:
+        """The templates that differ from the built-in wording."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) != getattr(PROMPTS, f.name)}
+
+    def as_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+# The fields each template receives, and a sample value of each field's type (used to try a template).
+TEMPLATE_FIELDS: dict[str, tuple[str, ...]] = {
+    "trajectory_task": ("task",), "trajectory_step": ("number", "action", "output", "reward", "terminated"),
+    "trajectory_outcome": ("reward", "success"), "trajectory_elided": ("dropped",),
+    "hindsight_system": (), "hindsight_multi": ("transcript", "max_failures", "num_steps"),
+    "hindsight_single": ("transcript", "num_steps"), "judge_system": (), "judge_instruction": ("transcript",),
+    "immediate": ("text",), "immediate_error": ("text",), "next_observation": ("text",),
+    "future_trajectory": ("text",), "successful_sibling": ("text", "reward"), "reference": ("text",),
+    "reference_hindsight_wrong": ("turn", "expected", "actual"),
+    "reference_hindsight_missing": ("turn", "expected", "actual"),
+    "reference_hindsight_generic": ("expected", "actual"), "quoted_action": ("actual",),
+    "anchor": ("state", "candidates"), "anchor_candidate": ("action", "tried", "successes", "mean", "best", "worst"),
+    "teacher_hint": ("hint",), "teacher_privileged": ("prompt", "privileged_context"),
+}
+_SAMPLE: dict[str, Any] = {"number": 1, "reward": 0.5, "terminated": False, "success": False, "dropped": 10,
+                           "max_failures": 3, "num_steps": 4, "tried": 2, "successes": 1, "mean": 0.5, "best": 1.0,
+                           "worst": 0.0, "turn": 0}
+
+
+def check_templates(templates: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the first problem: an unknown prompt name (with a did-you-mean), a
+    template that is not a string, or a ``{field}`` / format spec the template cannot be given."""
+    from agentgym.plugins import suggest
+    for name, template in templates.items():
+        if name not in TEMPLATE_FIELDS:
+            near = suggest(name, TEMPLATE_FIELDS) or f"; the prompts are {sorted(TEMPLATE_FIELDS)}"
+            raise ValueError(f"unknown prompt {name!r}{near}")
+        if not isinstance(template, str):
+            raise ValueError(f"prompt {name}: a template must be a string, got {type(template).__name__} {template!r}")
+        allowed = TEMPLATE_FIELDS[name]
+        receives = ", ".join("{" + f + "}" for f in allowed) or "no fields (write {{ and }} for braces)"
+        try:
+            used = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+        except ValueError as exc:
+            raise ValueError(f"prompt {name}: not a str.format template ({exc}); it receives {receives}") from None
+        for field in used:
+            root = field.split(".")[0].split("[")[0]
+            if root not in allowed:
+                shown = "{" + field + "}" if field else "{} (a positional field)"
+                raise ValueError(f"prompt {name}: {shown} is not a field of this template; it receives {receives}")
+        try:
+            template.format(**{f: _SAMPLE.get(f, "text") for f in allowed})
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+            raise ValueError(f"prompt {name}: the template does not format ({type(exc).__name__}: {exc}); "
+                             f"it receives {receives}") from None
 
 
 PROMPTS = Prompts()

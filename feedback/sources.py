@@ -23,6 +23,7 @@ several. Wording: ``agentgym.feedback.prompts``.
 from __future__ import annotations
 
 import abc
+import re
 import warnings
 from collections import Counter, defaultdict
 from typing import Any, ClassVar, Sequence
@@ -107,7 +108,40 @@ class FeedbackSource(abc.ABC):
 
 
 # ------------------------------------------------------------------------------ rule-based sources
-class ImmediateSource(FeedbackSource):
+ACTION_PLACEHOLDER = "[the action]"
+
+
+def without_action(text: str, action: str) -> str:
+    """``text`` with every verbatim copy of ``action`` (stripped; case-insensitive; whole words at
+    its ends) replaced by ``[the action]``: evidence without the failed attempt, which a small
+    teacher would copy.
+
+    >>> without_action("Wrong: you said 'Pear'.", "pear")
+    "Wrong: you said '[the action]'."
+    >>> without_action("appear", "pear")
+    'appear'
+    """
+    needle = action.strip()
+    if not needle:
+        return text
+    pattern = (r"(?<!\w)" if needle[0].isalnum() else "") + re.escape(needle) + (r"(?!\w)" if needle[-1].isalnum() else "")
+    return re.sub(pattern, ACTION_PLACEHOLDER, text, flags=re.IGNORECASE)
+
+
+class RuleSource(FeedbackSource):
+    """A rule-based source about each step itself. Its hints never quote the step's own action
+    back (``without_action``) unless ``quote_action=True``: a teacher shown its failed attempt
+    copies it (HINT-SD's hints are corrections, not copies)."""
+
+    def __init__(self, *, quote_action: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.quote_action = bool(quote_action)
+
+    def _unquoted(self, text: str, step: Any) -> str:
+        return text if self.quote_action else without_action(text, step.action_text)
+
+
+class ImmediateSource(RuleSource):
     """The env's direct reply to each action: its errors if any, else its page diff if it has one,
     else its observation (e.g. "Nothing happens.")."""
 
@@ -129,11 +163,11 @@ class ImmediateSource(FeedbackSource):
             else:
                 text, kind, template = step_output(step, self.max_chars), FeedbackKind.OBSERVATION, self.prompts.immediate
             text = clip(text, self.max_chars)
-            out.append(self._record(kind, step.index, template.format(text=text), {"reply": text}))
+            out.append(self._record(kind, step.index, template.format(text=self._unquoted(text, step)), {"reply": text}))
         return out
 
 
-class NextObservationSource(FeedbackSource):
+class NextObservationSource(RuleSource):
     """The full state the env showed after each action."""
 
     name = "next_observation"
@@ -144,7 +178,8 @@ class NextObservationSource(FeedbackSource):
 
     def __call__(self, trajectory, group=()):
         return [self._record(FeedbackKind.OBSERVATION, s.index,
-                             self.prompts.next_observation.format(text=clip(s.observation or "(no output)", self.max_chars)),
+                             self.prompts.next_observation.format(
+                                 text=self._unquoted(clip(s.observation or "(no output)", self.max_chars), s)),
                              {"observation": clip(s.observation, self.max_chars)})
                 for s in trajectory.steps]
 
@@ -214,7 +249,7 @@ class SuccessfulSiblingSource(FeedbackSource):
         return [self._record(FeedbackKind.REFERENCE, s.index, body, payload) for s in trajectory.steps]
 
 
-class ReferenceSource(FeedbackSource):
+class ReferenceSource(RuleSource):
     """The env's own reference feedback of each step (BFCL: the turn's ground-truth calls; WebShop:
     the target and shortest path; ALFWorld: the expert's plan; AppWorld: the solution)."""
 
@@ -230,16 +265,16 @@ class ReferenceSource(FeedbackSource):
             ref = reference_of(step)
             if ref is not None:
                 out.append(self._record(FeedbackKind.REFERENCE, step.index,
-                                        self.prompts.reference.format(text=clip(ref.text, self.max_chars)),
+                                        self.prompts.reference.format(text=self._unquoted(clip(ref.text, self.max_chars), step)),
                                         dict(ref.payload)))
         return out
 
 
-class ReferenceHindsightSource(FeedbackSource):
+class ReferenceHindsightSource(RuleSource):
     """Hindsight without a model: on a failed trajectory, the first step that departs from the
     env's reference gets a correction written from the reference (BFCL: the turn's ground-truth
-    calls). Records are ``kind=hint`` with ``payload["hindsight"] = True`` (what the hindsight
-    selectors read)."""
+    calls): what to do there, not what was done (``quote_action=True`` adds ``Prompts.quoted_action``).
+    Records are ``kind=hint`` with ``payload["hindsight"] = True`` (what the hindsight selectors read)."""
 
     name = "reference_hindsight"
 
@@ -254,7 +289,10 @@ class ReferenceHindsightSource(FeedbackSource):
         payload = {"hindsight": True, "variant": "reference", "rule": div.rule, "expected": div.expected,
                    "actual": div.actual, "step_number": div.step + 1, **{k: v for k, v in div.detail.items()
                                                                        if k in ("turn", "reason", "ground_truth")}}
-        return [self._record(FeedbackKind.HINT, div.step, describe_divergence(div, self.prompts), payload)]
+        text = describe_divergence(div, self.prompts)
+        if self.quote_action:
+            text = f"{text} {self.prompts.quoted_action.format(actual=div.actual)}"
+        return [self._record(FeedbackKind.HINT, div.step, text, payload)]
 
 
 # ------------------------------------------------------------------------------ model-based sources
@@ -486,15 +524,18 @@ def accepted_options(cls: type) -> set[str]:
 
 
 def make_source(spec: str | Sequence[str], *, policy: Any = None, options: dict[str, dict[str, Any]] | None = None,
-                **kwargs: Any) -> FeedbackSource:
+                prompts: Prompts | None = None, **kwargs: Any) -> FeedbackSource:
     """A source from a registered name; ``"a+b"`` or a list builds a ``CombinedSource``. ``policy``
     reaches the sources that declare ``needs_policy``; ``options`` maps a name to its settings;
-    other keyword arguments go to every part whose constructor accepts them (all of them to a
-    single source, so that a typo is an error)."""
+    ``prompts`` (the run's wording) reaches every part that takes ``prompts``; other keyword
+    arguments go to every part whose constructor accepts them (all of them to a single source, so
+    that a typo is an error)."""
     names = [n.strip() for n in (spec.split("+") if isinstance(spec, str) else list(spec))]
     parts = []
     for name in names:
         cls = SOURCES.get(name)
         extra = kwargs if len(names) == 1 else {k: v for k, v in kwargs.items() if k in accepted_options(cls)}
+        if prompts is not None and "prompts" in accepted_options(cls):
+            extra = {**extra, "prompts": prompts}
         parts.append(cls.from_config({**(options or {}).get(name, {}), **extra}, policy=policy))
     return parts[0] if len(parts) == 1 else CombinedSource(parts)

@@ -30,13 +30,15 @@ from typing import Any, ClassVar, Iterator, Literal, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agentgym.agents.teachers import TeacherContext, TeacherWeights
+from agentgym.agents.teachers import AppendedTurn, TeacherContext, TeacherContextError, TeacherWeights
 from agentgym.faults import crash_point
+from agentgym.feedback.prompts import PROMPTS, Prompts
 from agentgym.feedback.spans import ACTION_SPAN_KEY
 from agentgym.sharding import full, full_state, is_dtensor, is_sharded, is_zero3, load_full, shard_as, snapshot, swapped
 from agentgym.plugins import LEARNERS
-from agentgym.types import Target, Trajectory
+from agentgym.types import Message, Target, Trajectory
 from agentgym.learners.losses import AGGREGATIONS, DIRECTIONS, aggregation_normaliser, divergence, k3_kl, topk_tail
+from agentgym.learners.signal import teacher_signal
 
 __all__ = ["Sample", "Batch", "Learner", "LearnerSettings", "PPOSettings", "TeacherSettings", "DistillSettings",
            "TeacherWeights", "TeacherContext", "plan_micro_batches", "action_log_probs", "LEARNERS", "register"]
@@ -69,6 +71,8 @@ class Sample:
     text: str = ""  # the step's action_text (what env.step received)
     reported_span: Any = None  # the env's info["action_span"] ([start, end) characters of text), if any
     reweight_span: tuple[int, int] | None = None  # SERL: the action-content tokens it reweights
+    last_message: Message | None = None  # the turn right before the generation prompt (SERL rewrites it)
+    reference_action: list[int] | None = None  # the env's reference action ids here, if it has one (diagnostics)
 
     def __len__(self) -> int:
         return len(self.context) + len(self.action)
@@ -83,12 +87,26 @@ class Sample:
         return mask
 
 
+def last_turns(trajectory: Trajectory) -> list[Message | None]:
+    """Per step, the message right before its generation prompt: the last initial message for the
+    first step, then the last message of the previous step's reply (None where there is none)."""
+    out: list[Message | None] = []
+    last = trajectory.messages[-1] if trajectory.messages else None
+    for step in trajectory.steps:
+        out.append(last)
+        last = step.reply[-1] if step.reply else None
+    return out
+
+
 @dataclass
 class Batch:
-    """Trajectories of one update and the targets selected on each (same order)."""
+    """Trajectories of one update and the targets selected on each (same order). ``references``:
+    the env's reference action ids at (trajectory index, step index), where it has one; the
+    teacher-signal diagnostic scores them (``agentgym.learners.signal``)."""
 
     trajectories: list[Trajectory]
     targets: list[list[Target]] | None = None
+    references: dict[tuple[int, int], list[int]] | None = None
 
     def __post_init__(self):
         if self.targets is None:
@@ -101,7 +119,7 @@ class Batch:
         out, counts = [], Counter()
         for i, (traj, targets) in enumerate(zip(self.trajectories, self.targets)):
             by_step = {t.step: t for t in targets}
-            for step in traj.steps:
+            for step, last in zip(traj.steps, last_turns(traj)):
                 if not step.action_ids or not step.prompt_ids:
                     counts["steps_without_ids"] += 1
                     continue
@@ -110,7 +128,8 @@ class Batch:
                                   old_logprobs=list(step.action_logprobs) or None,
                                   reward=float(traj.final_reward), group=traj.group_id or f"#{i}",
                                   target=by_step.get(step.index), text=step.action_text,
-                                  reported_span=step.info.get(ACTION_SPAN_KEY)))
+                                  reported_span=step.info.get(ACTION_SPAN_KEY), last_message=last,
+                                  reference_action=(self.references or {}).get((i, step.index))))
         return out, counts
 
 
@@ -309,10 +328,20 @@ class Learner(abc.ABC):
     default_selector: ClassVar[str | None] = None  # selector when the run leaves it open
     feeds_successful: ClassVar[bool] = True  # selectors also choose steps of successful trajectories
     metrics: ClassVar[dict[str, str]] = {}  # the metrics it adds to metrics.jsonl -> what each means (--help)
+    # How the teacher's context is built from the student's (a learner with a teacher declares it):
+    # AppendedTurn (HINT-SD, dense SD) or RewrittenLastTurn (SERL), worded by that kind's Prompts field.
+    teacher_context_kind: ClassVar[type[TeacherContext]] = AppendedTurn
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.uses_teacher:  # every teacher-using learner reports the teacher-signal diagnostic
+            from agentgym.learners.signal import SIGNAL_METRICS
+            cls.metrics = {**cls.metrics, **SIGNAL_METRICS}
 
     def __init__(self, model: torch.nn.Module | None = None, tokenizer: Any = None,
                  settings: LearnerSettings | dict[str, Any] | None = None, *, accelerator: Any = None,
-                 optimizer: torch.optim.Optimizer | None = None, temperature: float = 1.0, **overrides: Any):
+                 optimizer: torch.optim.Optimizer | None = None, temperature: float = 1.0,
+                 prompts: Prompts | None = None, **overrides: Any):
         if isinstance(settings, self.Settings):
             given = settings.model_dump()  # this learner's own settings object: every value
         elif isinstance(settings, BaseModel):
@@ -321,6 +350,7 @@ class Learner(abc.ABC):
             given = dict(settings or {})
         self.settings = self.Settings.model_validate({**given, **overrides})
         self.temperature = temperature  # log-probs of the temperature-scaled distribution, as sampled
+        self.prompts = prompts or PROMPTS  # the teacher turn's wording (Prompts.teacher_hint / teacher_privileged)
         self.model = None
         self.updates = 0  # optimiser steps taken
         self.stats: Counter = Counter()
@@ -330,11 +360,15 @@ class Learner(abc.ABC):
             self.bind(model, tokenizer, accelerator=accelerator, optimizer=optimizer)
 
     def bind(self, model: torch.nn.Module, tokenizer: Any, *, accelerator: Any = None,
-             optimizer: torch.optim.Optimizer | None = None, temperature: float | None = None) -> "Learner":
-        """Attach the model to train (optimizer, teacher weights, accelerator wrapping)."""
+             optimizer: torch.optim.Optimizer | None = None, temperature: float | None = None,
+             prompts: Prompts | None = None) -> "Learner":
+        """Attach the model to train (optimizer, teacher weights, accelerator wrapping); ``prompts``
+        words the teacher turn (default: the learner's, else the built-in wording)."""
         s = self.settings
         if temperature is not None:
             self.temperature = temperature
+        if prompts is not None:
+            self.prompts = prompts
         self.accelerator = accelerator
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -366,8 +400,9 @@ class Learner(abc.ABC):
         self._reference: dict[str, torch.Tensor] | None = None
         if s.kl_coef > 0:
             self._reference = snapshot(self.unwrapped)
-        from agentgym.feedback import teacher_message
-        self.teacher_context = TeacherContext(tokenizer, teacher_message)
+        kind = type(self).teacher_context_kind
+        self.teacher_context = kind(tokenizer, getattr(self.prompts, kind.prompt_field))
+        self._context_warned = False
         return self
 
     def wants_feedback(self) -> bool:
@@ -494,8 +529,18 @@ class Learner(abc.ABC):
                 for lp, s in zip(lps, samples)]
 
     def with_teacher_context(self, sample: Sample, hint: str | None) -> Sample:
+        """Give ``sample`` its teacher context (the declared kind, worded by ``self.prompts``). A
+        context that cannot be built token-exactly is counted (``teacher_context_errors``), warned
+        about once, and leaves the sample without a teacher."""
         if hint:
-            sample.teacher_context = self.teacher_context(sample.context, hint)
+            try:
+                sample.teacher_context = self.teacher_context(sample.context, hint, sample.last_message)
+            except TeacherContextError as exc:
+                self.stats["teacher_context_errors"] += 1
+                if not getattr(self, "_context_warned", False):
+                    self._context_warned = True
+                    warnings.warn(f"{self.name}: no teacher context for a step ({exc}); such steps get no teacher",
+                                  RuntimeWarning, stacklevel=2)
         return sample
 
     # ---------------------------------------------------------------- shared objectives
@@ -543,6 +588,8 @@ class Learner(abc.ABC):
         self.stats.update(counts)
         action_tokens = sum(len(s.action) for s in samples)
         samples = self.prepare(batch, samples)
+        # The teacher-signal diagnostic, before the step (skipped when sharded: its passes are not collective).
+        signal = teacher_signal(self, samples).metrics() if self.uses_teacher and not self.sharded else {}
         counted = [s for s in samples if sum(s.token_mask) > 0]
         loss_tokens = sum(sum(s.token_mask) for s in counted)
         trained = [s for s in counted if not s.skip_forward]
@@ -595,6 +642,8 @@ class Learner(abc.ABC):
                     else:
                         loss, m = self.objective(fwd)
                         sums.update(m)
+                    if teacher is not None:
+                        sums.update(self._teacher_kl(mb, student, teacher))
                     loss_local += float(loss.detach()) / norm
                     self._backward(loss * scale, sync)
                 elif self.world_size > 1:
@@ -625,9 +674,31 @@ class Learner(abc.ABC):
         metrics["teacher_tokens"] = float(self.stats["teacher_tokens"])
         metrics["empty_batches"] = float(not trained)
         metrics["steps_without_ids"] = float(self.stats["steps_without_ids"])
+        if self.uses_teacher:
+            kl_tokens = metrics.pop("teacher_kl_tokens", 0.0)
+            kl_sum = metrics.pop("teacher_kl_sum", 0.0)
+            if kl_tokens:
+                metrics["teacher_kl"] = kl_sum / kl_tokens
+            metrics["teacher_context_errors"] = float(self.stats["teacher_context_errors"])
+            metrics.update(signal)
         metrics.update(self.extra_metrics())
         metrics["update_seconds"] = time.perf_counter() - started
         return metrics
+
+    @torch.no_grad()
+    def _teacher_kl(self, mb: Sequence[Sample], student: Sequence[torch.Tensor],
+                    teacher: Sequence[torch.Tensor | None]) -> dict[str, float]:
+        """Sum and count of KL(student || teacher) (top-k + tail) over the loss tokens of teacher-scored samples."""
+        k = getattr(self.settings, "topk", 100)
+        total = n = 0.0
+        for s, slp, tlp in zip(mb, student, teacher):
+            if tlp is None:
+                continue
+            mask = torch.tensor(s.token_mask, device=slp.device, dtype=slp.dtype)
+            st, tt = topk_tail(slp.detach(), tlp, k)
+            total += float((divergence(st, tt, 1.0) * mask).sum())
+            n += float(mask.sum())
+        return {"teacher_kl_sum": total, "teacher_kl_tokens": n}
 
     def _all_max(self, value: float) -> float:
         return self._all_reduce(value, "max")

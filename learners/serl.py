@@ -20,6 +20,9 @@ a sample whose loss is 0.
 lambda_k = 0.5 * max(0, 1 - k / 50) over updates k; once it reaches 0 the teacher (a hard copy of
 the student refreshed every 10 updates, scoring only) is no longer queried and SERL is plain GRPO.
 Step-level or anchor-level feedback is whatever the feedback source wrote into the targets' hints.
+The teacher context is the reference's: the step's last user message rewritten as
+``Prompts.teacher_privileged`` ("{prompt}\n\n{privileged_context}\n\nCorrectly solve the current
+task.\n"), not an appended turn.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from agentgym.agents.teachers import RewrittenLastTurn
 from agentgym.feedback.spans import action_token_span
 from agentgym.learners.base import Batch, Forward, Sample, TeacherSettings, register
 from agentgym.learners.grpo import GRPO, GRPOSettings, assign_group_advantages
@@ -75,6 +79,7 @@ class SERL(GRPO):
     default_source = "immediate"
     default_selector = "dense"
     metrics = {**GRPO.metrics, "serl_lambda": "the blend weight lambda of this update"}
+    teacher_context_kind = RewrittenLastTurn  # the step prompt rewritten with the feedback, as the reference
 
     def wants_feedback(self) -> bool:
         return self.lam > 0  # once lambda reaches 0, SERL is plain GRPO: no teacher queries

@@ -6,7 +6,8 @@ import torch
 
 from agentgym.feedback import make_selector, make_source
 from agentgym.learners import Batch, make_learner
-from agentgym.learners.base import TeacherContext, action_log_probs
+from agentgym.learners.base import action_log_probs
+from agentgym.agents.teachers import AppendedTurn
 from agentgym.types import Target
 
 from tests.learners.conftest import echo_group
@@ -66,7 +67,7 @@ def test_gradients_flow_only_through_policy_tokens(lora_model, tokenizer, echo_b
 
 def test_teacher_context_appends_one_feedback_message(tokenizer, echo_batch):
     step = echo_batch[2].steps[0]
-    builder = TeacherContext(tokenizer)
+    builder = AppendedTurn(tokenizer)
     ctx = builder(step.prompt_ids, "Say apple instead.")
     gen = builder.gen_prompt_ids
     assert ctx[:len(step.prompt_ids) - len(gen)] == step.prompt_ids[:-len(gen)] and ctx[-len(gen):] == gen
