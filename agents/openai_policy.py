@@ -38,26 +38,21 @@ the policy with ``openai_policy_from_spec``.
 
 from __future__ import annotations
 
-import email.utils
 import json
 import math
 import os
 import re
-import threading
-import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from typing import Any, Sequence
 
 from agentgym.agents.base import Conversation, Generation, Policy, PolicyError, SamplingParams, as_chat, per_conversation
+from agentgym.agents.transport import deadline_client, header_seconds, request_deadline, retry_after_seconds
 from agentgym.types import ToolCall
 
 __all__ = ["OpenAIPolicy", "APIRetryError", "DeadlineExceeded", "TransportError", "MalformedResponseError",
            "is_transient", "OPENAI_PREFIX", "is_openai_spec", "openai_policy_from_spec"]
 
 _TOKEN_ID = re.compile(r"^token_id:(\d+)$")
-_DELTA_SECONDS = re.compile(r"^\d+(?:\.\d+)?$")
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _BRACKETS = re.compile(r"[\[\]{}]")
 
@@ -94,115 +89,15 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-# ---------------------------------------------------------------------------------------- headers
-def _header_seconds(value: str, scale: float) -> float | None:
-    """A delay header as seconds: a finite non-negative number (times ``scale``), or for
-    ``Retry-After`` an HTTP date; anything else (``nan``, ``inf``, ``-5``, ``soon``) is None."""
-    value = value.strip()
-    if _DELTA_SECONDS.match(value):
-        seconds = float(value) * scale
-        return seconds if math.isfinite(seconds) else None
-    if scale != 1.0:
-        return None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when is None:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max((when - datetime.now(timezone.utc)).total_seconds(), 0.0)
+# ---------------------------------------------------------------------------------------- transport
+# The deadline-bounded HTTP client and the Retry-After parsing are the shared transport's
+# (agentgym.agents.transport), which VLLMServerPolicy uses too.
+_header_seconds = header_seconds
 
 
 def _retry_after(exc: BaseException | None) -> float | None:
     response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if not headers:
-        return None
-    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
-        try:
-            value = headers.get(name)
-        except Exception:  # undecodable header bytes
-            value = None
-        if isinstance(value, str):
-            seconds = _header_seconds(value, scale)
-            if seconds is not None:
-                return seconds
-    return None
-
-
-# ---------------------------------------------------------------------------------------- deadline
-_DEADLINE = threading.local()  # .at: time.monotonic() by which the current request must be done
-
-
-def _bounded(timeout: float | None, error: type[Exception]) -> float | None:
-    """``timeout`` for one socket operation, cut to what is left of this thread's request deadline."""
-    at = getattr(_DEADLINE, "at", None)
-    if at is None:
-        return timeout
-    left = at - time.monotonic()
-    if left <= 0:
-        raise error("request deadline exceeded")
-    return left if timeout is None else min(timeout, left)
-
-
-def _deadline_backend(inner: Any) -> Any:
-    """An httpcore network backend whose streams bound every connect / read / write by the deadline."""
-    import httpcore2
-
-    class Stream(httpcore2.NetworkStream):
-        def __init__(self, stream: Any):
-            self._stream = stream
-
-        def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-            return self._stream.read(max_bytes, _bounded(timeout, httpcore2.ReadTimeout))
-
-        def write(self, buffer: bytes, timeout: float | None = None) -> None:
-            self._stream.write(buffer, _bounded(timeout, httpcore2.WriteTimeout))
-
-        def close(self) -> None:
-            self._stream.close()
-
-        def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None):
-            return Stream(self._stream.start_tls(ssl_context, server_hostname,
-                                                 _bounded(timeout, httpcore2.ConnectTimeout)))
-
-        def get_extra_info(self, info: str) -> Any:
-            return self._stream.get_extra_info(info)
-
-    class Backend(httpcore2.NetworkBackend):
-        def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
-            return Stream(inner.connect_tcp(host, port, _bounded(timeout, httpcore2.ConnectTimeout),
-                                            local_address, socket_options))
-
-        def connect_unix_socket(self, path, timeout=None, socket_options=None):
-            return Stream(inner.connect_unix_socket(path, _bounded(timeout, httpcore2.ConnectTimeout),
-                                                    socket_options))
-
-        def sleep(self, seconds: float) -> None:
-            inner.sleep(seconds)
-
-    return Backend()
-
-
-def _http_client_with_deadline(timeout: float) -> Any:
-    """The ``openai`` client's default HTTP client (proxies from the environment included), its
-    connection pools given the deadline-bounded network backend."""
-    import openai
-
-    client = openai.DefaultHttpxClient(timeout=timeout)
-    pools = [getattr(t, "_pool", None) for t in [client._transport, *client._mounts.values()] if t is not None]
-    wrapped = 0
-    for pool in pools:
-        if pool is not None and hasattr(pool, "_network_backend"):
-            pool._network_backend = _deadline_backend(pool._network_backend)
-            wrapped += 1
-    if wrapped == 0:  # an httpx2 / httpcore2 whose internals moved: fall back to per-operation timeouts
-        warnings.warn("OpenAIPolicy: cannot install the whole-request deadline on this httpx2 version; "
-                      "each connect / read / write is bounded by `timeout`, the request as a whole is not",
-                      RuntimeWarning, stacklevel=3)
-    return client
+    return retry_after_seconds(getattr(response, "headers", None))
 
 
 # ---------------------------------------------------------------------------------------- parsing
@@ -289,7 +184,7 @@ class OpenAIPolicy(Policy):
         self.timeout = float(timeout)
         key = api_key or (os.environ.get(api_key_env) if api_key_env else None) or "EMPTY"
         self.client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=self.timeout,
-                                    http_client=_http_client_with_deadline(self.timeout))
+                                    http_client=deadline_client(self.timeout))
         self.max_attempts, self.backoff_initial, self.backoff_max = max_attempts, backoff_initial, backoff_max
         self.max_retry_after = max_retry_after
         self.want_logprobs, self.native_tools = logprobs, native_tools
@@ -359,21 +254,18 @@ class OpenAIPolicy(Policy):
         """One try: the raw 200 body, read within the deadline."""
         import openai
 
-        start = time.monotonic()
-        _DEADLINE.at = start + self.timeout
-        try:
-            raw = self.client.chat.completions.with_raw_response.create(**request, extra_body=extra or None)
-            return raw.content
-        except openai.APITimeoutError as exc:
-            raise DeadlineExceeded(
-                f"no complete response within the {self.timeout:g} s request deadline (connect, send and the "
-                f"whole body; gave up after {time.monotonic() - start:.2f} s)") from exc
-        except openai.APIConnectionError as exc:  # refused, reset, cut off, unparseable HTTP
-            cause = exc.__cause__ or exc.__context__
-            detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
-            raise TransportError(f"connection failed or the response was cut off: {detail}") from exc
-        finally:
-            _DEADLINE.at = None
+        with request_deadline(self.timeout) as deadline:
+            try:
+                raw = self.client.chat.completions.with_raw_response.create(**request, extra_body=extra or None)
+                return raw.content
+            except openai.APITimeoutError as exc:
+                raise DeadlineExceeded(
+                    f"no complete response within the {self.timeout:g} s request deadline (connect, send and the "
+                    f"whole body; gave up after {deadline.elapsed:.2f} s)") from exc
+            except openai.APIConnectionError as exc:  # refused, reset, cut off, unparseable HTTP
+                cause = exc.__cause__ or exc.__context__
+                detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
+                raise TransportError(f"connection failed or the response was cut off: {detail}") from exc
 
     def _parse(self, body: bytes) -> Generation:
         def bad(what: str) -> MalformedResponseError:

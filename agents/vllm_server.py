@@ -26,6 +26,18 @@ must now serve and compares them with the trainer's (``tolerance``), and checks 
 adapter list holds the new version. Any mismatch, missing adapter or failed request is a
 ``WeightSyncError`` naming the server: a stale server is never used silently.
 
+A server is not trusted. Every request goes through the shared transport
+(``agentgym.agents.transport``: one deadline over the whole request, ``timeout``; retries of
+transient failures honouring ``Retry-After``; responses capped at ``max_response_bytes``) and every
+response is validated with a typed model before anything is recorded: the sampled ids are JSON
+integers inside the vocabulary (``vocab_size``: the tokenizer's, or its model config's when larger),
+1 to ``max_new_tokens`` of them, one finite log-prob <= 0 per id, and the server's echo of the
+prompt ids present and equal to what was sent (``require_echo=False`` accepts a server that does not
+echo; a wrong echo is always refused). The action text is decoded here from the ids, so a server's
+``text`` never enters a trajectory. Prompt log-probs (``score``, ``verify``) need one finite
+log-prob <= 0 for every action token, and ``verify`` compares every probe token. Any violation is a
+``ServerError`` (``WeightSyncError`` in ``verify``) naming the server and the field.
+
 ``launch_vllm_server`` starts a server on this machine (tests, single-node runs) and waits until it
 answers ``/health``.
 """
@@ -33,7 +45,7 @@ answers ``/health``.
 from __future__ import annotations
 
 import itertools
-import json
+import math
 import os
 import shutil
 import signal
@@ -48,22 +60,16 @@ import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Annotated, Any, Sequence
 
-from agentgym.agents.base import (Conversation, Generation, Policy, PolicyError, SamplingParams, ScoreResult,
-                                  request_prompts, request_seeds)
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictInt, StrictStr
+
+from agentgym.agents.base import (Conversation, Generation, Policy, SamplingParams, ScoreResult, request_prompts,
+                                  request_seeds)
+from agentgym.agents.transport import DEFAULT_MAX_RESPONSE_BYTES, HTTPTransport, ServerError
 from agentgym.agents.vllm_policy import WeightSyncError
 
 __all__ = ["VLLMServerPolicy", "ServerError", "launch_vllm_server", "VLLMServerProcess", "free_port"]
-
-
-class ServerError(PolicyError):
-    """A vLLM server request failed (after the retries, for transient failures); ``status`` is the
-    HTTP status when the server answered."""
-
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
-        self.status = status
 
 
 def _check_url(url: Any) -> str:
@@ -73,43 +79,77 @@ def _check_url(url: Any) -> str:
     return url if url.endswith("/v1") else url + "/v1"
 
 
-class _Server:
+# ------------------------------------------------------------------------------------------ responses
+# What the client needs of vLLM's answers, typed: anything else in a response is ignored; a field
+# of the wrong type (an id given as 1.9, true or "7", a log-prob given as a string) is refused.
+LogProb = Annotated[float, Strict(), Field(allow_inf_nan=False, le=0.0)]
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _SampledLogProbs(_Lenient):
+    token_logprobs: list[LogProb]
+
+
+class _PromptLogProb(_Lenient):
+    logprob: LogProb
+
+
+class _Choice(_Lenient):
+    token_ids: list[StrictInt] | None = None
+    prompt_token_ids: list[StrictInt] | None = None
+    logprobs: _SampledLogProbs | None = None
+    prompt_logprobs: list[dict[str, _PromptLogProb] | None] | None = None
+    finish_reason: StrictStr | None = None
+
+
+class _Completion(_Lenient):
+    choices: list[_Choice] = Field(min_length=1)
+
+
+class _ModelCard(_Lenient):
+    id: StrictStr
+    parent: StrictStr | None = None
+
+
+class _ModelList(_Lenient):
+    data: list[_ModelCard]
+
+
+class _Server(HTTPTransport):
     """One server: ``base`` is its ``.../v1`` URL; ``root`` the URL without ``/v1`` (dev endpoints)."""
 
-    def __init__(self, url: str, *, timeout: float, api_key: str | None, attempts: int = 3):
+    def __init__(self, url: str, *, timeout: float, api_key: str | None, attempts: int = 3,
+                 max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES):
         self.base = _check_url(url)
-        self.root = self.base[:-len("/v1")]
-        self.timeout, self.api_key, self.attempts = timeout, api_key, attempts
+        super().__init__(self.base[:-len("/v1")], timeout=timeout, api_key=api_key, attempts=attempts,
+                         max_bytes=max_bytes)
 
     def __repr__(self) -> str:
         return self.base
 
-    def request(self, method: str, path: str, body: Any = None, *, timeout: float | None = None,
-                retry: bool = True) -> Any:
-        url = self.root + path  # paths name their /v1 prefix where they have one
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        last: Exception | None = None
-        for attempt in range(self.attempts if retry else 1):
-            req = urllib.request.Request(url, data=data, method=method, headers=headers)
-            try:
-                with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
-                    raw = resp.read()
-                    if not raw:
-                        return None
-                    ctype = resp.headers.get("Content-Type", "")
-                    return json.loads(raw) if "json" in ctype else raw.decode("utf-8", "replace")
-            except urllib.error.HTTPError as exc:
-                text = exc.read().decode("utf-8", "replace")[:500]
-                if exc.code < 500 and exc.code != 429:
-                    raise ServerError(f"{method} {url}: HTTP {exc.code}: {text}", exc.code) from None
-                last = ServerError(f"{method} {url}: HTTP {exc.code}: {text}", exc.code)
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError, ValueError) as exc:
-                last = ServerError(f"{method} {url}: {type(exc).__name__}: {getattr(exc, 'reason', exc)}")
-            time.sleep(min(0.2 * 2 ** attempt, 2.0))
-        raise last  # type: ignore[misc]
+
+def _vocab_size(tokenizer: Any) -> int:
+    """The number of token ids the model can emit: the tokenizer's, or its model config's
+    ``vocab_size`` when larger (embedding rows padded past the tokenizer's last id)."""
+    try:
+        size = len(tokenizer)
+    except TypeError:
+        size = int(getattr(tokenizer, "vocab_size", 0) or 0)
+    path = getattr(tokenizer, "name_or_path", None)
+    if path:
+        try:
+            from transformers import AutoConfig
+            config = AutoConfig.from_pretrained(path, local_files_only=True)
+            text = config.get_text_config() if hasattr(config, "get_text_config") else config
+            size = max(size, int(getattr(text, "vocab_size", 0) or 0))
+        except Exception:  # noqa: BLE001 - no config next to the tokenizer: its own size it is
+            pass
+    if size < 1:
+        raise ValueError("cannot tell the tokenizer's vocabulary size: pass vocab_size=")
+    return size
 
 
 class VLLMServerPolicy(Policy):
@@ -117,14 +157,20 @@ class VLLMServerPolicy(Policy):
 
     ``urls``: the servers' base URLs; ``model``: the name they serve the base model under (their
     ``--served-model-name``, or the model path they were started with); ``tokenizer``: the trainer's
-    (the prompt ids are rendered here and never re-tokenized)."""
+    (the prompt ids are rendered here and never re-tokenized). ``timeout``: the deadline of one
+    request try (connect, send and the whole response); ``attempts``: tries of a transient failure;
+    ``max_response_bytes``: the largest response read; ``vocab_size``: ids at or above it are
+    refused (default: the tokenizer's, or its model config's); ``require_echo``: refuse a completion
+    without the server's echo of the prompt ids (vLLM's ``return_token_ids`` gives it)."""
 
     token_level = True
 
     def __init__(self, urls: Sequence[str], *, model: str | None, tokenizer: Any, timeout: float = 600.0,
                  max_concurrency: int = 32, tolerance: float = 0.05, probe_ids: Sequence[int] | None = None,
                  sync_dir: str | os.PathLike | None = None, adapter_prefix: str | None = None,
-                 api_key: str | None = None, api_key_env: str | None = None):
+                 api_key: str | None = None, api_key_env: str | None = None, attempts: int = 3,
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, vocab_size: int | None = None,
+                 require_echo: bool = True):
         from agentgym.agents.chat import ChatRenderer
         if isinstance(urls, str):
             urls = [urls]
@@ -133,7 +179,12 @@ class VLLMServerPolicy(Policy):
         if not (isinstance(timeout, (int, float)) and 0 < timeout < float("inf")):
             raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
         key = api_key or (os.environ.get(api_key_env) if api_key_env else None)
-        self.servers = [_Server(u, timeout=float(timeout), api_key=key) for u in urls]
+        self.servers = [_Server(u, timeout=float(timeout), api_key=key, attempts=attempts,
+                                max_bytes=max_response_bytes) for u in urls]
+        self.vocab_size = vocab_size if vocab_size is not None else _vocab_size(tokenizer)
+        if isinstance(self.vocab_size, bool) or not isinstance(self.vocab_size, int) or self.vocab_size < 1:
+            raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
+        self.require_echo = bool(require_echo)
         if len({s.base for s in self.servers}) != len(self.servers):
             raise ValueError(f"the same server is listed twice: {[s.base for s in self.servers]}")
         self.model = self.name = model or self._base_model()
@@ -164,10 +215,10 @@ class VLLMServerPolicy(Policy):
         names = []
         for srv in self.servers:
             try:
-                listed = srv.request("GET", "/v1/models")
-                base = [m["id"] for m in listed["data"] if not m.get("parent")]
-            except (ServerError, KeyError, TypeError) as exc:
-                raise ServerError(f"cannot list the models of vLLM server {srv}: {exc}") from None
+                listed = srv.request("GET", "/v1/models", model=_ModelList)
+            except ServerError as exc:
+                raise ServerError(f"cannot list the models of vLLM server {srv}: {exc}", exc.status) from None
+            base = [m.id for m in listed.data if not m.parent]
             if len(base) != 1:
                 raise ServerError(f"{srv} serves {len(base)} base models ({base}); pass model= explicitly")
             names.append(base[0])
@@ -201,42 +252,63 @@ class VLLMServerPolicy(Policy):
         if seed is not None:
             body["seed"] = int(seed)
         # A server that stays unreachable after its retries hands the request to the next one (all
-        # serve the same verified version); an HTTP 4xx is the request's fault and is not retried.
+        # serve the same verified version); an HTTP 4xx or a response that fails validation is raised.
         first = self.servers.index(server)
         failures = []
         for k in range(len(self.servers)):
             server = self.servers[(first + k) % len(self.servers)]
             try:
-                out = server.request("POST", "/v1/completions", body)
+                out = server.request("POST", "/v1/completions", body, model=_Completion)
                 break
             except ServerError as exc:
-                if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
+                if not exc.transient:  # a 4xx, or a response that cannot be used: not the next server's to fix
                     raise
                 failures.append(str(exc))
         else:
             raise ServerError(f"no vLLM server answered: {'; '.join(failures)}")
         with self._lock:
             self.requests_per_server[self.servers.index(server)] += 1
-        try:
-            choice = out["choices"][0]
-            ids = [int(t) for t in choice["token_ids"]]
-            echoed = choice.get("prompt_token_ids")
-            lps = choice["logprobs"]["token_logprobs"]
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise ServerError(f"{server}: unusable completion response ({type(exc).__name__}: {exc}): "
-                              f"{json.dumps(out)[:300]}") from None
-        if echoed is not None and list(echoed) != prompt:
-            raise ServerError(f"{server}: the server saw other prompt ids than were sent ({len(echoed)} vs "
-                              f"{len(prompt)} tokens): token-exact rollouts are impossible with it")
-        if len(lps) != len(ids) or any(lp is None for lp in lps):
-            raise ServerError(f"{server}: {len(lps)} log-probs for {len(ids)} sampled tokens")
+        choice = out.choices[0]
+        ids, lps = self._checked_sample(server, choice, prompt, sampling.max_new_tokens)
         if self.exchanges is not None:
             with self._lock:
                 self.exchanges.append({"server": server.base, "model": served, "version": version,
-                                       "seen": list(echoed) if echoed is not None else None, "sampled": ids})
-        return Generation(text=choice.get("text") or "", token_ids=ids, logprobs=[float(x) for x in lps],
-                          prompt_ids=prompt, finish_reason=choice.get("finish_reason") or "stop",
+                                       "seen": choice.prompt_token_ids, "sampled": ids})
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)  # from the ids: never the server's text
+        return Generation(text=text, token_ids=ids, logprobs=lps, prompt_ids=prompt,
+                          finish_reason=choice.finish_reason or "stop",
                           info={"policy_version": version, "server": server.base, "served_model": served})
+
+    def _checked_sample(self, server: _Server, choice: _Choice, prompt: list[int],
+                        max_tokens: int) -> tuple[list[int], list[float]]:
+        """The sampled ids and log-probs of a typed completion, or ``ServerError`` naming the field."""
+        def bad(what: str) -> ServerError:
+            return ServerError(f"{server}: unusable completion: {what}")
+
+        echoed = choice.prompt_token_ids
+        if echoed is None:
+            if self.require_echo:
+                raise bad("choices[0].prompt_token_ids is missing: the server must echo the prompt ids "
+                          "(vLLM >= 0.10.2 with return_token_ids; require_echo=False accepts a server that "
+                          "does not, without the check)")
+        elif echoed != prompt:
+            first = next((i for i, (a, b) in enumerate(zip(echoed, prompt)) if a != b), min(len(echoed), len(prompt)))
+            raise bad(f"choices[0].prompt_token_ids differs from the ids sent at position {first} ({len(echoed)} "
+                      f"vs {len(prompt)} tokens): token-exact rollouts are impossible with it")
+        ids = choice.token_ids
+        if ids is None:
+            raise bad("choices[0].token_ids is missing (the request asked for return_token_ids)")
+        if not 1 <= len(ids) <= max_tokens:
+            raise bad(f"choices[0].token_ids has {len(ids)} ids; between 1 and max_tokens={max_tokens} were asked for")
+        for i, t in enumerate(ids):
+            if not 0 <= t < self.vocab_size:
+                raise bad(f"choices[0].token_ids[{i}] = {t} is outside the vocabulary [0, {self.vocab_size})")
+        if choice.logprobs is None:
+            raise bad("choices[0].logprobs is missing (the request asked for logprobs=0)")
+        lps = choice.logprobs.token_logprobs
+        if len(lps) != len(ids):
+            raise bad(f"choices[0].logprobs.token_logprobs has {len(lps)} log-probs for {len(ids)} sampled ids")
+        return list(ids), [float(x) for x in lps]
 
     def score(self, context_ids: Sequence[int], action_ids: Sequence[int], top_k: int = 0, *,
               temperature: float = 1.0, server: int = 0, model: str | None = None) -> ScoreResult:
@@ -247,12 +319,19 @@ class VLLMServerPolicy(Policy):
         ids = list(context_ids) + list(action_ids)
         out = srv.request("POST", "/v1/completions", {
             "model": model or self.served, "prompt": ids, "max_tokens": 1, "temperature": 1.0,
-            "prompt_logprobs": 0, "return_token_ids": True})
-        try:
-            rows = out["choices"][0]["prompt_logprobs"][len(context_ids):]
-            logprobs = [float(row[str(t)]["logprob"]) for row, t in zip(rows, action_ids)]
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise ServerError(f"{srv}: unusable prompt log-probs ({type(exc).__name__}: {exc})") from None
+            "prompt_logprobs": 0, "return_token_ids": True}, model=_Completion)
+        rows = out.choices[0].prompt_logprobs
+        if rows is None or len(rows) != len(ids):
+            got = "missing" if rows is None else f"{len(rows)} rows"
+            raise ServerError(f"{srv}: unusable prompt log-probs: choices[0].prompt_logprobs is {got}; one row "
+                              f"per prompt token ({len(ids)}) was asked for")
+        logprobs = []
+        for i, token in enumerate(action_ids, start=len(context_ids)):
+            row = rows[i]
+            if row is None or str(token) not in row:
+                raise ServerError(f"{srv}: unusable prompt log-probs: choices[0].prompt_logprobs[{i}] has no "
+                                  f"entry for the prompt's token {token}")
+            logprobs.append(float(row[str(token)].logprob))
         return ScoreResult(logprobs=logprobs)
 
     # ------------------------------------------------------------------ weight sync
@@ -306,15 +385,17 @@ class VLLMServerPolicy(Policy):
         diffs = []
         for i, srv in enumerate(self.servers):
             try:
-                listed = srv.request("GET", "/v1/models")
-                names = {m.get("id") for m in (listed or {}).get("data", [])}
+                names = {m.id for m in srv.request("GET", "/v1/models", model=_ModelList).data}
                 if self.served not in names:
                     raise WeightSyncError(f"{srv} does not serve {self.served!r} (policy version {self.version}); "
-                                          f"it serves {sorted(n for n in names if n)}: the push did not reach it")
+                                          f"it serves {sorted(names)}: the push did not reach it")
                 mine = self.score(probe[:split], probe[split:], server=i).logprobs
             except ServerError as exc:
                 raise WeightSyncError(f"verifying policy version {self.version} on {srv} failed: {exc}") from None
-            diff = max(abs(a - b) for a, b in zip(mine, theirs))
+            if len(mine) != len(theirs) or not mine:  # every probe token is compared, or none is trusted
+                raise WeightSyncError(f"verifying policy version {self.version} on {srv} failed: {len(mine)} probe "
+                                      f"log-probs for {len(theirs)} probe tokens")
+            diff = max(abs(a - b) for a, b in zip(mine, theirs, strict=True))
             if not diff <= self.tolerance:
                 raise WeightSyncError(f"{srv} serves stale or wrong weights for policy version {self.version} "
                                       f"({self.served!r}): probe log-probs differ from the trainer's by "
@@ -337,6 +418,8 @@ class VLLMServerPolicy(Policy):
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        for srv in self.servers:
+            srv.close()
         if self._own_sync_dir:
             shutil.rmtree(self.sync_dir, ignore_errors=True)
 

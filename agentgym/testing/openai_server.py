@@ -17,6 +17,11 @@ Faults (``Fault.kind``): ``"429"`` (with ``Retry-After``), ``"500"``, ``"503"``,
 ``"truncated"`` (the body, or the SSE stream, is cut off and the connection closed).
 ``Fault.headers`` adds or overrides response headers (``Fault("429", headers={"Retry-After": "nan"})``).
 
+Other routes (``routes={"/v1/completions": fn, "/v1/models": fn}``, GET or POST): ``fn(body)``
+returns a ``Raw`` response, sent as scripted - any status, headers, JSON or raw bytes, a false or
+missing ``Content-Length``, the body (or the whole response) dripped one byte at a time. This is how
+the ``vllm_server`` backend's client is tested against every bad response a server can give.
+
 Scripted misbehaviours (``MISBEHAVIOURS``), each a 200 that a careful client must refuse:
 ``"drip"`` / ``"drip_headers"`` (the body / the status line and headers sent one byte every
 ``interval`` seconds, for ever), ``"bad_content_length"``, ``"not_json"``, ``"json_not_object"``,
@@ -41,7 +46,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
-__all__ = ["ScriptedOpenAIServer", "Reply", "Fault", "TRANSIENT_FAULTS", "MISBEHAVIOURS"]
+__all__ = ["ScriptedOpenAIServer", "Reply", "Fault", "Raw", "TRANSIENT_FAULTS", "MISBEHAVIOURS"]
 
 TRANSIENT_FAULTS = ("429", "500", "503", "timeout", "malformed", "truncated")
 MISBEHAVIOURS = ("drip", "drip_headers", "bad_content_length", "not_json", "json_not_object", "empty_body",
@@ -79,14 +84,34 @@ class Fault:
             raise ValueError(f"unknown fault kind {self.kind!r}; expected one of {_KINDS}")
 
 
+@dataclass
+class Raw:
+    """One scripted response of a ``routes`` handler. ``body``: bytes / str as they are, anything else
+    as JSON (``json.dumps``, so NaN and Infinity pass through); ``content_length``: ``"auto"`` (the
+    true length), an int (announced whatever is sent) or None (no header: the body ends when the
+    connection closes); ``drip``: seconds between the bytes of the body (``drip_all``: of the status
+    line and headers too)."""
+
+    body: Any = None
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+    content_length: int | str | None = "auto"
+    drip: float | None = None
+    drip_all: bool = False
+
+
 class ScriptedOpenAIServer:
     """Start with ``with ScriptedOpenAIServer(...) as s`` (or ``start()``/``stop()``); ``s.base_url``
     is the ``/v1`` URL to give a client. ``s.requests`` logs (body, fault kind or None)."""
 
     def __init__(self, responder: Callable[[dict[str, Any]], Reply] | None = None, *,
                  fault_rate: float = 0.0, fault_kinds: tuple[str, ...] = TRANSIENT_FAULTS,
-                 seed: int = 0, api_key: str | None = None, timeout_seconds: float = 2.0):
+                 seed: int = 0, api_key: str | None = None, timeout_seconds: float = 2.0,
+                 routes: dict[str, Callable[[dict[str, Any]], Raw]] | None = None):
         self.responder = responder
+        self.routes = dict(routes or {})
+        self.route_requests: list[tuple[str, str, dict[str, Any]]] = []  # (method, path, body) per routed request
         self.replies: deque[Reply] = deque()
         self.faults: deque[Fault] = deque()
         self.fault_rate, self.fault_kinds = fault_rate, fault_kinds
@@ -218,7 +243,47 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> None:
         self._json(status, {"error": {"message": message, "type": kind, "code": status}}, headers)
 
+    def _route(self, method: str, body: dict[str, Any]) -> bool:
+        """Answer from ``owner.routes`` when the path has a handler; whether it had one."""
+        path = self.path.split("?")[0].rstrip("/")
+        handler = self.owner.routes.get(path)
+        if handler is None:
+            return False
+        with self.owner._lock:
+            self.owner.route_requests.append((method, path, body))
+        try:
+            raw = handler(body)
+        except Exception as exc:  # a broken script is a 500 the test will see, not a dead server
+            self._error(500, f"route handler failed: {type(exc).__name__}: {exc}", "server_error")
+            return True
+        self._send_raw(raw)
+        return True
+
+    def _send_raw(self, raw: Raw) -> None:
+        data = raw.body if isinstance(raw.body, bytes) else (
+            raw.body.encode() if isinstance(raw.body, str) else json.dumps(raw.body).encode())
+        head = [f"HTTP/1.1 {raw.status} Scripted", f"Content-Type: {raw.content_type}"]
+        if raw.content_length is not None:
+            head.append(f"Content-Length: {len(data) if raw.content_length == 'auto' else raw.content_length}")
+        head += [f"{k}: {v}" for k, v in raw.headers.items()]
+        if raw.content_length != "auto":
+            head.append("Connection: close")
+            self.close_connection = True
+        header = ("\r\n".join(head) + "\r\n\r\n").encode()
+        try:
+            if raw.drip is not None and raw.drip_all:
+                return self._drip(header + data, raw.drip)
+            self.wfile.write(header)
+            self.wfile.flush()
+            if raw.drip is not None:
+                return self._drip(data, raw.drip)
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (a deadline, a size cap)
+            self.close_connection = True
+
     def do_GET(self) -> None:
+        if self._route("GET", {}):
+            return
         if self.path.rstrip("/").endswith("/models"):
             self._json(200, {"object": "list", "data": [{"id": "scripted", "object": "model"}]})
         else:
@@ -231,6 +296,8 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(self.rfile.read(length) or b"{}")
         except json.JSONDecodeError as exc:
             return self._error(400, f"request body is not JSON: {exc}", "invalid_request_error")
+        if self._route("POST", body):
+            return
         if not self.path.rstrip("/").endswith("/chat/completions"):
             return self._error(404, f"no route {self.path}", "not_found")
         owner.request_headers.append({k.lower(): v for k, v in self.headers.items()})

@@ -1,0 +1,328 @@
+"""The one HTTP transport of the OpenAI-compatible clients (``OpenAIPolicy`` through the ``openai``
+client, ``VLLMServerPolicy`` directly):
+
+- one deadline for the whole request: connect, send, the status line, the headers and the whole
+  body. Every socket connect / read / write is bounded by what is left of it (``deadline_client``),
+  so a server that drips one byte at a time cannot hold a request past it;
+- retries of transient failures (connection errors, the deadline, HTTP 429 and 5xx) with
+  exponential back-off, honouring ``Retry-After`` / ``retry-after-ms`` (a value that is not a
+  finite, non-negative number of seconds or an HTTP date is ignored; capped by
+  ``max_retry_after``); other 4xx are not retried;
+- a cap on the response size (``max_bytes``; the declared ``Content-Length`` is checked before
+  the body is read, and the body is counted as it arrives, decompressed);
+- a typed response: the JSON body validated with a pydantic model, a failure being one line that
+  names the server, the endpoint and the field (``choices[0].token_ids[3]: ...``).
+
+Every failure is a ``ServerError`` (a ``PolicyError``): ``status`` is the HTTP status when the
+server answered, ``transient`` whether it was retried.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import re
+import threading
+import time
+import warnings
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from pydantic import BaseModel, ValidationError
+
+from agentgym.agents.base import PolicyError
+
+__all__ = ["HTTPTransport", "ServerError", "deadline_client", "header_seconds", "retry_after_seconds",
+           "request_deadline", "field_path", "DEFAULT_MAX_RESPONSE_BYTES"]
+
+DEFAULT_MAX_RESPONSE_BYTES = 32 << 20
+_DELTA_SECONDS = re.compile(r"^\d+(?:\.\d+)?$")
+
+
+class ServerError(PolicyError):
+    """A server request failed (after the retries, for transient failures) or its response could not
+    be used; ``status`` is the HTTP status when the server answered."""
+
+    def __init__(self, message: str, status: int | None = None, *, transient: bool = False,
+                 retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.transient = transient
+        self.retry_after = retry_after
+
+
+# ---------------------------------------------------------------------------------------- Retry-After
+def header_seconds(value: str, scale: float) -> float | None:
+    """A delay header as seconds: a finite non-negative number (times ``scale``), or for
+    ``Retry-After`` an HTTP date; anything else (``nan``, ``inf``, ``-5``, ``soon``) is None."""
+    value = value.strip()
+    if _DELTA_SECONDS.match(value):
+        seconds = float(value) * scale
+        return seconds if math.isfinite(seconds) else None
+    if scale != 1.0:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max((when - datetime.now(timezone.utc)).total_seconds(), 0.0)
+
+
+def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
+    """The delay a response asks for (``retry-after-ms``, else ``retry-after``), or None."""
+    if not headers:
+        return None
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        try:
+            value = headers.get(name)
+        except Exception:  # noqa: BLE001 - undecodable header bytes
+            value = None
+        if isinstance(value, str):
+            seconds = header_seconds(value, scale)
+            if seconds is not None:
+                return seconds
+    return None
+
+
+# ---------------------------------------------------------------------------------------- deadline
+_DEADLINE = threading.local()  # .at: time.monotonic() by which the current request must be done
+
+
+class request_deadline:
+    """``with request_deadline(seconds):`` bounds every socket operation of this thread's requests
+    made through a ``deadline_client`` by one deadline."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __enter__(self) -> "request_deadline":
+        self.started = time.monotonic()
+        _DEADLINE.at = self.started + self.seconds
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _DEADLINE.at = None
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+def _bounded(timeout: float | None, error: type[Exception]) -> float | None:
+    """``timeout`` for one socket operation, cut to what is left of this thread's request deadline."""
+    at = getattr(_DEADLINE, "at", None)
+    if at is None:
+        return timeout
+    left = at - time.monotonic()
+    if left <= 0:
+        raise error("request deadline exceeded")
+    return left if timeout is None else min(timeout, left)
+
+
+def _deadline_backend(inner: Any) -> Any:
+    """An httpcore network backend whose streams bound every connect / read / write by the deadline."""
+    import httpcore2
+
+    class Stream(httpcore2.NetworkStream):
+        def __init__(self, stream: Any):
+            self._stream = stream
+
+        def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+            return self._stream.read(max_bytes, _bounded(timeout, httpcore2.ReadTimeout))
+
+        def write(self, buffer: bytes, timeout: float | None = None) -> None:
+            self._stream.write(buffer, _bounded(timeout, httpcore2.WriteTimeout))
+
+        def close(self) -> None:
+            self._stream.close()
+
+        def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None):
+            return Stream(self._stream.start_tls(ssl_context, server_hostname,
+                                                 _bounded(timeout, httpcore2.ConnectTimeout)))
+
+        def get_extra_info(self, info: str) -> Any:
+            return self._stream.get_extra_info(info)
+
+    class Backend(httpcore2.NetworkBackend):
+        def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+            return Stream(inner.connect_tcp(host, port, _bounded(timeout, httpcore2.ConnectTimeout),
+                                            local_address, socket_options))
+
+        def connect_unix_socket(self, path, timeout=None, socket_options=None):
+            return Stream(inner.connect_unix_socket(path, _bounded(timeout, httpcore2.ConnectTimeout),
+                                                    socket_options))
+
+        def sleep(self, seconds: float) -> None:
+            inner.sleep(seconds)
+
+    return Backend()
+
+
+def deadline_client(timeout: float) -> Any:
+    """The ``openai`` client's default HTTP client (proxies from the environment included), its
+    connection pools given the deadline-bounded network backend (see ``request_deadline``)."""
+    import openai
+
+    client = openai.DefaultHttpxClient(timeout=timeout)
+    pools = [getattr(t, "_pool", None) for t in [client._transport, *client._mounts.values()] if t is not None]
+    wrapped = 0
+    for pool in pools:
+        if pool is not None and hasattr(pool, "_network_backend"):
+            pool._network_backend = _deadline_backend(pool._network_backend)
+            wrapped += 1
+    if wrapped == 0:  # an httpx2 / httpcore2 whose internals moved: fall back to per-operation timeouts
+        warnings.warn("cannot install the whole-request deadline on this httpx2 version; each connect / "
+                      "read / write is bounded by `timeout`, the request as a whole is not",
+                      RuntimeWarning, stacklevel=3)
+    return client
+
+
+# ---------------------------------------------------------------------------------------- validation
+def field_path(loc: tuple[Any, ...]) -> str:
+    """A pydantic error location as a path: ``("choices", 0, "token_ids", 3)`` -> ``choices[0].token_ids[3]``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "the body"
+
+
+def describe(exc: ValidationError) -> str:
+    """The first error of a response validation in one line (the field, what is wrong, the value)."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    value = first.get("input")
+    shown = "" if isinstance(value, (dict, list)) else f" (got {json.dumps(value) if _jsonable(value) else repr(value)[:60]})"
+    more = f"; and {len(errors) - 1} more" if len(errors) > 1 else ""
+    return f"{field_path(tuple(first.get('loc', ())))}: {first.get('msg')}{shown[:80]}{more}"
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+# ---------------------------------------------------------------------------------------- transport
+class HTTPTransport:
+    """Requests to one server at ``root`` (``http://host:port``): see the module docstring."""
+
+    def __init__(self, root: str, *, timeout: float, api_key: str | None = None, attempts: int = 3,
+                 max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, max_retry_after: float = 30.0,
+                 backoff_initial: float = 0.2, backoff_max: float = 2.0):
+        if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+        if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+            raise ValueError(f"attempts must be an int >= 1, got {attempts!r}")
+        if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1024:
+            raise ValueError(f"max_bytes must be an int >= 1024, got {max_bytes!r}")
+        self.root = root.rstrip("/")
+        self.timeout, self.api_key, self.attempts = float(timeout), api_key, attempts
+        self.max_bytes, self.max_retry_after = max_bytes, max_retry_after
+        self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = deadline_client(self.timeout)
+            return self._client
+
+    def request(self, method: str, path: str, body: Any = None, *, model: type[BaseModel] | None = None,
+                timeout: float | None = None, retry: bool = True) -> Any:
+        """``method path`` with a JSON ``body``; the response validated by ``model`` (JSON required),
+        else the parsed JSON (or the text of a non-JSON response, None when empty)."""
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt
+
+        where = f"{method} {self.root}{path}"
+        retrying = Retrying(retry=retry_if_exception(lambda e: isinstance(e, ServerError) and e.transient),
+                            stop=stop_after_attempt(self.attempts if retry else 1), wait=self._wait, reraise=True)
+        tries = 0
+        try:
+            for attempt in retrying:
+                with attempt:
+                    tries += 1
+                    status, ctype, raw = self._send(method, path, body, timeout or self.timeout, where)
+        except ServerError as exc:
+            if exc.transient and tries > 1:
+                raise ServerError(f"{exc} (gave up after {tries} tries)", exc.status, transient=True) from None
+            raise
+        return self._decode(raw, ctype, model, where)
+
+    def _wait(self, state: Any) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        hinted = getattr(exc, "retry_after", None)
+        if hinted is not None:
+            return min(max(hinted, 0.0), self.max_retry_after)
+        return min(self.backoff_initial * 2 ** (state.attempt_number - 1), self.backoff_max)
+
+    def _send(self, method: str, path: str, body: Any, timeout: float, where: str) -> tuple[int, str, bytes]:
+        import httpx2
+
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        data = None if body is None else json.dumps(body).encode()
+        with request_deadline(timeout) as deadline:
+            try:
+                with self.client.stream(method, self.root + path, content=data, headers=headers,
+                                        timeout=timeout) as resp:
+                    declared = resp.headers.get("content-length", "")
+                    if declared.isdigit() and int(declared) > self.max_bytes:
+                        raise ServerError(f"{where}: the response declares {int(declared):,} bytes, over the "
+                                          f"{self.max_bytes:,}-byte limit (max_response_bytes)", resp.status_code)
+                    chunks, size = [], 0
+                    for chunk in resp.iter_bytes():
+                        size += len(chunk)
+                        if size > self.max_bytes:
+                            raise ServerError(f"{where}: the response is over the {self.max_bytes:,}-byte limit "
+                                              "(max_response_bytes)", resp.status_code)
+                        chunks.append(chunk)
+                    raw = b"".join(chunks)
+                    status, ctype = resp.status_code, resp.headers.get("content-type", "")
+                    retry_after = retry_after_seconds(resp.headers)
+            except httpx2.TimeoutException:
+                raise ServerError(f"{where}: no complete response within the {timeout:g} s request deadline "
+                                  f"(connect, send and the whole body; gave up after {deadline.elapsed:.2f} s)",
+                                  transient=True) from None
+            except httpx2.HTTPError as exc:  # refused, reset, cut off, unparseable HTTP
+                raise ServerError(f"{where}: {type(exc).__name__}: {exc}", transient=True) from None
+        if status >= 400:
+            text = raw[:500].decode("utf-8", "replace")
+            raise ServerError(f"{where}: HTTP {status}: {text}", status,
+                              transient=status == 429 or status >= 500, retry_after=retry_after)
+        return status, ctype, raw
+
+    def _decode(self, raw: bytes, ctype: str, model: type[BaseModel] | None, where: str) -> Any:
+        if model is None and "json" not in ctype:
+            return raw.decode("utf-8", "replace") if raw else None
+        if not raw and model is None:
+            return None
+        try:
+            data = json.loads(raw)
+        except RecursionError:
+            raise ServerError(f"{where}: the response nests too deeply to parse") from None
+        except ValueError as exc:
+            raise ServerError(f"{where}: the response is not JSON ({exc}): {raw[:120]!r}") from None
+        if model is None:
+            return data
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise ServerError(f"{where}: unusable response: {describe(exc)}") from None
+        except RecursionError:
+            raise ServerError(f"{where}: the response nests too deeply to validate") from None
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
