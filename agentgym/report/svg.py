@@ -89,7 +89,9 @@ def line_chart(title: str, series: Sequence[Series], *, width: int = 340, height
             f'<text x="{left}" y="15" class="ct">{escape(title)}</text>')
     unplotted = [v for s in series for v in s.unplotted]
     note = (f'<text x="{left + 4}" y="{height - bottom - 4}" class="na">{len(unplotted)} not plotted: '
-            f'{escape(", ".join(unplotted[:3]))}{"…" if len(unplotted) > 3 else ""}</text>' if unplotted else "")
+            f'{escape(", ".join(unplotted[:3]))}{"…" if len(unplotted) > 3 else ""}'
+            f'<title>not plotted (non-finite or beyond ±{PLOT_LIMIT:g}): {escape(", ".join(unplotted[:50]))}</title></text>'
+            if unplotted else "")
     if not pts:
         return head + note + (f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" class="na">'
                               f'{"no plottable values" if unplotted else "not logged"}</text></svg>')
@@ -144,7 +146,16 @@ def line_chart(title: str, series: Sequence[Series], *, width: int = 340, height
     return "".join(parts)
 
 
-_NON_FINITE = ("nan", "inf", "-inf")  # how the report's data keeps non-finite numbers (JSON has none)
+def _numeric_text(value: Any) -> bool:
+    """A number the report's data keeps as text: "nan", "inf", "-inf" (JSON has none) or a huge
+    integer in scientific notation ("1.000e+400")."""
+    if not isinstance(value, str) or len(value) > 32:
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def metric_series(runs: Sequence[tuple[str, list[dict[str, Any]]]], metric: str) -> list[Series]:
@@ -162,7 +173,7 @@ def metric_series(runs: Sequence[tuple[str, list[dict[str, Any]]]], metric: str)
                 x, y = plottable(row.get("update")), plottable(value)
                 if x is not None and y is not None:
                     pts.append((x, y))
-                elif (isinstance(value, (int, float)) and not isinstance(value, bool)) or value in _NON_FINITE:
+                elif (isinstance(value, (int, float)) and not isinstance(value, bool)) or _numeric_text(value):
                     unplotted.append(f"update {_shown(row.get('update'))}: {_shown(value)}")
             if pts or unplotted:
                 label = f"{name} {phase}" if len(runs) > 1 else phase
