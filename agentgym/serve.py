@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="envs held at once: WebSocket sessions, each with its own env, and the fresh env of "
                         "each stateless HTTP request (one more is refused); default 8")
     p.add_argument("--session-timeout", type=float, default=600.0,
-                   help="close a session idle this many seconds (0: never); default 600")
+                   help="close a session idle this many seconds - its WebSocket, then its env (0: never); "
+                        "default 600")
     p.add_argument("--env-kwargs", default=None, help="JSON object of constructor kwargs for every session's env")
     p.add_argument("--phase", choices=("train", "eval"), default="train",
                    help="start from the env's declared train or eval constructor kwargs (EnvDefaults)")

@@ -164,6 +164,23 @@ def test_every_malformed_message_is_an_error_reply_and_the_session_goes_on(serve
         assert ask(ws, STEP)["data"]["reward"] == 1.0
 
 
+def test_the_mcp_websocket_answers_malformed_frames_too(server):
+    deadline = time.monotonic() + 10
+    while True:  # the /mcp WebSocket takes the one slot too, once the last test's session gave it back
+        with connect(server.url.replace("http://", "ws://") + "/mcp") as ws:
+            listed = ask(ws, {"jsonrpc": "2.0", "method": "tools/list", "params": {}, "id": 1})
+            if "result" not in listed:
+                assert "capacity" in json.dumps(listed).lower() and time.monotonic() < deadline, listed
+                time.sleep(0.1)
+                continue
+            for frame in (b"\x00 binary", "[1, 2]", '{"jsonrpc": "2.0", "id": ' + "9" * 5000 + "}",
+                          '{"a": ' * 100 + "1" + "}" * 100):
+                reply = ask(ws, frame)
+                assert reply["error"]["code"] == -32700 and reply["error"]["message"], (frame[:20], reply)
+            assert ask(ws, {"jsonrpc": "2.0", "method": "tools/list", "params": {}, "id": 2})["id"] == 2
+            return
+
+
 def test_a_rejected_action_is_stored_clipped(server):
     with session(server) as ws:
         reply = ask(ws, {"type": "step", "data": {"type": "text", "text": "x" * 3_000_000}})["data"]["observation"]
