@@ -14,6 +14,8 @@ from typing import Callable
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("agentgym.train:main", "train a policy (default: HINT-SD on BFCL v3 multi-turn, see README)"),
     "eval": ("agentgym.evaluation:eval_main", "evaluate a policy or a run's checkpoint on an env split"),
+    "diagnose": ("agentgym.diagnose:main", "measure the teacher signal (teacher_gain) of feedback sources x learners "
+                                           "before training"),
     "bench": ("agentgym.bench:main", "run the benchmarks in benchmarks/ (agentgym bench NAME)"),
     "report": ("agentgym.report:main", "write a self-contained HTML report of a run folder"),
     "view": ("agentgym.report:view_main", "write an HTML view of a trajectories .jsonl file"),
@@ -45,6 +47,9 @@ def list_envs(argv: list[str]) -> int:
 
 
 def data(argv: list[str]) -> int:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(f"usage: agentgym data {{{','.join(DATA_COMMANDS)}}} [options] (agentgym data NAME --help: its options)")
+        return 0
     if not argv or argv[0] not in DATA_COMMANDS:
         print(f"usage: agentgym data {{{','.join(DATA_COMMANDS)}}} [options]; got {argv[:1]}", file=sys.stderr)
         return 2
@@ -59,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<8} {help_text}")
         return 0 if argv else 2
     name = argv[0]
+    if "" not in sys.path and "." not in sys.path:
+        # As `python -m`: plugin modules in the working folder import by name (--import my_plugins,
+        # --env.id my_plugins:my/Env-v0) without PYTHONPATH=.
+        sys.path.insert(0, "")
     if name not in COMMANDS:
         print(f"agentgym: unknown command {name!r}; choose from {sorted(COMMANDS)}", file=sys.stderr)
         return 2

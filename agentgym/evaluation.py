@@ -404,6 +404,8 @@ def _eval_config(settings: EvalSettings, rest: list[str]) -> Any:
     if settings.split is not None:
         base = cfg.env.eval_kwargs if cfg.env.eval_kwargs is not None else cfg.env.kwargs
         cfg.env.eval_kwargs = {**base, "split": settings.split}
+    if (settings.split is not None or settings.tasks is not None) and not settings.task_ids:
+        cfg.env.eval_task_ids = None  # --split / --tasks pick from the split, not the config's task ids
     if settings.tasks is not None:
         cfg.env.eval_tasks = 100_000 if settings.tasks == "all" else int(settings.tasks)
     if settings.task_ids:
@@ -428,8 +430,8 @@ def _weights_folder(settings: EvalSettings, lora: bool) -> tuple[Path | None, st
         if path.is_dir():
             return path, f"folder {path}"
         raise ConfigError(f"--checkpoint {str(path)!r} is not a folder")
-    if settings.run is None:
-        return None, "base model"
+    if settings.run is None or settings.model is not None:
+        return None, "base model"  # --model NAME with a run folder: the run's env and tasks, NAME's weights
     run = Path(settings.run)
     final = run / ("adapter" if lora else "model")
     if final.is_dir():
@@ -501,6 +503,11 @@ def run_evaluation(cfg: Any, settings: EvalSettings, *, out_dir: Path, policy: A
         raise ConfigError(f"no evaluation tasks for {cfg.env.id} (env.eval_tasks is 0 and no --task-ids)")
     declared = env_defaults(cfg.env.id)
     env_kwargs = dict(cfg.env.eval_kwargs if cfg.env.eval_kwargs is not None else cfg.env.kwargs)
+    if settings.seeds > 1 and cfg.rollout.eval_temperature == 0:
+        notes = [*notes, f"--seeds {settings.seeds} with greedy decoding (rollout.eval_temperature 0): on tasks "
+                 "given by id the seeds repeat the same episodes (only env randomness differs); set "
+                 "--rollout.eval_temperature to sample"]
+        print(f"agentgym eval: note: {notes[-1]}", file=sys.stderr, flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps({"eval": settings.model_dump(mode="json"),
                                                      "run": cfg.model_dump(mode="json")}, indent=2))
@@ -536,6 +543,7 @@ def run_evaluation(cfg: Any, settings: EvalSettings, *, out_dir: Path, policy: A
                "samples": settings.samples, "category_field": declared.category_field, **aggregate(records),
                "task_ids": sorted({str(t.get("task_id", "")) for t in tasks if t.get("task_id")}),
                "reference_logprob": (estimate(reference.values(), over="tasks").as_dict() if reference else None),
+               "reference_logprobs": reference,
                "seconds": time.perf_counter() - started, "notes": notes}
     tmp = out_dir / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2, default=float))
@@ -578,7 +586,8 @@ def compare_table(summaries: Sequence[tuple[str, dict[str, Any]]]) -> str:
             val = rows[name].get(m)
             cells.append(str(Estimate.from_dict(val)) if val else "n/a")
             if val and base:
-                d = difference(Estimate.from_dict(base), Estimate.from_dict(val))
+                d = _paired(summaries[0][1], dict(summaries)[name], m) or \
+                    difference(Estimate.from_dict(base), Estimate.from_dict(val))
                 cells.append(f"{d.mean:+.3f}" + (f" [{d.low:+.3f}, {d.high:+.3f}]" if d.low is not None else ""))
             else:
                 cells.append("n/a")
@@ -586,8 +595,19 @@ def compare_table(summaries: Sequence[tuple[str, dict[str, Any]]]) -> str:
     envs = sorted({str(s.get("env_id")) for _, s in summaries})
     lines.append("")
     lines.append(f"env: {', '.join(envs)}; intervals: 95 % (t over seeds, or over tasks for one seed); "
-                 "differences: Welch" + ("" if len(envs) == 1 else "; WARNING: the evals are on different envs"))
+                 "differences: Welch, except reference log-prob: paired by task where both evals scored the same "
+                 "tasks" + ("" if len(envs) == 1 else "; WARNING: the evals are on different envs"))
     return "\n".join(lines)
+
+
+def _paired(a: dict[str, Any], b: dict[str, Any], metric: str) -> Estimate | None:
+    """The reference log-prob difference ``b - a`` paired task by task (as training reports it), when
+    both evals scored the same held-out tasks; None otherwise (then the unpaired Welch difference)."""
+    ra, rb = a.get("reference_logprobs") or {}, b.get("reference_logprobs") or {}
+    common = sorted(set(ra) & set(rb))
+    if metric != "reference log-prob" or not common or len(common) != len(ra) or len(common) != len(rb):
+        return None
+    return estimate([rb[t] - ra[t] for t in common], over="tasks")
 
 
 def _help() -> str:
@@ -655,7 +675,8 @@ def eval_main(argv: list[str] | None = None) -> int:
         print(f"agentgym eval: {exc}", file=sys.stderr)
         return 1
     print(json.dumps({**{k: summary[k] for k in ("name", "env_id", "model", "weights", "seeds", "samples",
-                                                   "episodes", "success", "reward", "headline")},
+                                                   "episodes", "success", "reward", "headline",
+                                                   "reference_logprob")},
                       "folder": str(out_dir)}, indent=2, default=float))
     return 0
 

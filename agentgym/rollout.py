@@ -147,7 +147,7 @@ class RolloutRunner:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be >= 1, got {max_concurrent}")
-        if env_id not in gym.registry:
+        if env_id.rpartition(":")[2] not in gym.registry:  # gymnasium's module:Env-v0 form names its module
             raise gym.error.NameNotFound(f"environment {env_id!r} is not registered; known agentgym ids: "
                                          f"{sorted(k for k in gym.registry if k.startswith('agentgym/'))}")
         self.policy, self.env_id, self.tasks = policy, env_id, [dict(t or {}) for t in tasks]

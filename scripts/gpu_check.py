@@ -1,18 +1,25 @@
-"""The GPU check (``scripts/gpu_check.sh``): on one CUDA GPU, in a few minutes, the figures that say
-whether agentgym's learner and rollouts work there, as one table:
+"""The figures of the GPU check (``scripts/gpu_check.sh`` runs the setup and the gpu tests first): on
+one CUDA GPU, within the deadline it is given, the figures that say whether agentgym's learners and
+rollouts work there, as one table:
 
-1. a bf16 learner step for every learner on SmolLM2-135M-Instruct (``smollm2``) and on a randomly
-   initialised Qwen2 of Qwen2.5-0.5B's shape (``random-0.5b``): seconds, tokens/s (the tokens the
-   student and the teacher forwards process) and peak GPU memory;
+1. a bf16 learner step for every learner on a 0.5B model: ``Qwen/Qwen2.5-0.5B-Instruct`` from the
+   Hugging Face hub, or, where the hub cannot be reached, a randomly initialised Qwen2 of its shape
+   (``random-0.5b``): seconds, tokens/s (the tokens the student and the teacher forwards process)
+   and peak GPU memory;
 2. HINT-SD vs dense SD seconds per learner step on the same batch (HINT-SD distils the selected
    steps of failed episodes only, dense SD every step: the learner-side part of HINT-SD's 2.26x);
 3. an in-process vLLM CUDA rollout after a LoRA push, with the push verified (max |log-prob
    difference| between vLLM and the trainer on the probe);
-4. a 2-update training run on BFCL v3 multi-turn (HINT-SD, reference hindsight): seconds/update.
+4. the first update of ``--preset hint_sd_paper`` (``agentgym train``, vLLM rollouts when installed):
+   Qwen3-4B-Instruct-2507, or the 0.5B hub model where the 4B cannot be downloaded in time;
+5. a 2-update training run on BFCL v3 multi-turn (HINT-SD, reference hindsight): seconds/update.
 
 ``--cpu``: the dry run on CPU with the tiny model in float32 (every learner, the HINT-SD / dense
-comparison and the BFCL run; the vLLM part is skipped with the reason), under a minute; the test
-suite runs it. ``--out FILE`` also writes the rows as JSON.
+comparison and the BFCL run; the vLLM part and the paper preset are skipped with the reason), under a
+minute; the test suite runs it. ``--out FILE`` also writes the rows as JSON; ``--record DIR`` writes
+``rows.json`` and ``table.md`` there. ``GPU_CHECK_DEADLINE_S``: the seconds it may spend (checks
+that no longer fit are skipped with the reason). The package never sets offline mode; this script
+sets ``HF_HUB_OFFLINE=1`` for itself when the hub cannot be reached, and says so.
 """
 
 from __future__ import annotations
@@ -28,7 +35,6 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,6 +42,39 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 LEARNERS = ["grpo", "dense_sd", "hint_sd", "serl", "gigpo"]
+HUB_05B = "Qwen/Qwen2.5-0.5B-Instruct"
+PAPER_4B = "Qwen/Qwen3-4B-Instruct-2507"
+DEADLINE = time.monotonic() + float(os.environ.get("GPU_CHECK_DEADLINE_S", "1e9"))
+
+
+def seconds_left() -> float:
+    return DEADLINE - time.monotonic()
+
+
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """Whether the Hugging Face endpoint answers a TCP connection within ``timeout`` seconds."""
+    import socket
+    from urllib.parse import urlparse
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def fetch_within(repo_id: str, seconds: float) -> str | None:
+    """Download ``repo_id`` into the Hugging Face cache in a subprocess given ``seconds``; its local
+    folder, or None (unreachable, gated, or not done in time: the partial download is kept)."""
+    import subprocess
+    if seconds <= 5:
+        return None
+    code = "from agentgym.agents.models import fetch_hub_model; print(fetch_hub_model(%r))" % repo_id
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return None
+    return proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 and proc.stdout.strip() else None
 HINT = "The word is apple: answer with exactly that word."
 
 
@@ -240,10 +279,46 @@ def bfcl_run(model_name: str, device, cpu: bool) -> dict[str, Any]:
             "note": f"2 updates in {seconds:.1f} s (run folder {run_dir})"}
 
 
+def paper_first_update(model_name: str | None, note: str, device, cpu: bool) -> dict[str, Any]:
+    """``agentgym train --preset hint_sd_paper`` for one update (no evaluation), in a subprocess with
+    what is left of the deadline: seconds of the update, targets, loss, and whether it carried a gradient."""
+    import importlib.util
+    import subprocess
+    if cpu:
+        raise Skip("--cpu: the paper preset (a 4B model, 1024-token actions, 8 episodes of up to 20 steps) needs a GPU")
+    if model_name is None:
+        raise Skip(note)
+    left = seconds_left() - 20
+    if left < 60:
+        raise Skip(f"{left:.0f} s left of the deadline")
+    run_dir = tempfile.mkdtemp(prefix="agentgym-paper-")
+    argv = [sys.executable, "-m", "agentgym.cli", "train", "--preset", "hint_sd_paper", "--model.name", model_name,
+            "--train.updates", "1", "--env.eval_tasks", "0", "--train.run_dir", run_dir, "--train.progress", "false",
+            "--train.max_no_gradient_fraction", "1", "--train.tensorboard", "false"]
+    if importlib.util.find_spec("vllm") is not None:
+        argv += ["--rollout.backend", "vllm", "--rollout.vllm_kwargs", '{"gpu_memory_utilization": 0.5}']
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=left)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"the first update did not finish in {left:.0f} s (run folder {run_dir})") from None
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.strip().splitlines()[-1][:200] if proc.stderr.strip() else f"exit {proc.returncode}")
+    records = [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
+    [train] = [r for r in records if r.get("phase") == "train"]
+    tokens = train.get("action_tokens", 0.0)
+    return {"seconds": train["seconds"], "tokens_per_s": tokens / train["seconds"] if train["seconds"] else None,
+            "value": f"loss {train['loss']:.4g}, targets {train['num_targets']}, no_gradient {train.get('no_gradient')}",
+            "note": f"{note}; rollout {'vllm' if '--rollout.backend' in argv else 'transformers'}; feedback "
+                    f"{train.get('feedback_seconds', 0):.1f} s; process {seconds:.0f} s with model load"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="dry run on CPU with the tiny model (no vLLM part)")
     parser.add_argument("--out", default=None, help="also write the rows as JSON to this file")
+    parser.add_argument("--record", default=None, help="a folder to write rows.json and table.md into")
     parser.add_argument("--context-tokens", type=int, default=None,
                         help="filler tokens before each step's prompt (default: 1024 on GPU, 32 with --cpu)")
     args = parser.parse_args(argv)
@@ -259,7 +334,13 @@ def main(argv: list[str] | None = None) -> int:
             print("gpu_check: no CUDA device (torch " + torch.__version__ + "); run with --cpu for the dry run, "
                   "or install the GPU stack with ./setup.sh --gpu", file=sys.stderr)
             return 2
-        device, dtype, models = torch.device("cuda"), torch.bfloat16, ["smollm2", "random-0.5b"]
+        device, dtype = torch.device("cuda"), torch.bfloat16
+        online = hub_reachable()
+        if not online:
+            os.environ["HF_HUB_OFFLINE"] = "1"  # this script's own choice: nothing to wait for
+            print("gpu_check: the Hugging Face hub is not reachable: HF_HUB_OFFLINE=1 for this check", file=sys.stderr)
+        local_05b = fetch_within(HUB_05B, min(180.0, seconds_left() / 3))
+        models = [HUB_05B] if local_05b else ["random-0.5b"]
     context = args.context_tokens if args.context_tokens is not None else (32 if args.cpu else 1024)
     where = "cpu (dry run)" if args.cpu else torch.cuda.get_device_name(device)
     check = Check(where)
@@ -268,16 +349,35 @@ def main(argv: list[str] | None = None) -> int:
         for name in LEARNERS:
             check.run(f"learner step {name}", model, lambda: learner_step(name, model, device, dtype, context))
     check.run("hint_sd vs dense_sd", models[0], lambda: sd_ratio(models[0], device, dtype, context))
-    check.run("vllm rollout + LoRA push", "smollm2", lambda: vllm_rollout("smollm2", device))
-    check.run("bfcl 2-update run", models[0], lambda: bfcl_run(models[0], device, args.cpu))
+    served = models[0] if models[0] == HUB_05B else "smollm2"  # vLLM needs a model folder, not a random init
+    check.run("vllm rollout + LoRA push", served, lambda: vllm_rollout(served, device))
+    paper, why = None, "--cpu"
+    if not args.cpu:
+        paper = PAPER_4B if fetch_within(PAPER_4B, min(240.0, seconds_left() - 200)) else \
+            (HUB_05B if models[0] == HUB_05B else None)
+        why = (f"{PAPER_4B}" if paper == PAPER_4B else
+               f"{PAPER_4B} could not be downloaded in time: {HUB_05B} instead" if paper else
+               "no hub model could be downloaded (hub unreachable): the paper preset needs one")
+    check.run("hint_sd_paper first update", paper or PAPER_4B, lambda: paper_first_update(paper, why, device, args.cpu))
+
+    def bfcl() -> dict[str, Any]:
+        if not args.cpu and seconds_left() < 90:
+            raise Skip(f"{seconds_left():.0f} s left of the deadline")
+        return bfcl_run(models[0], device, args.cpu)
+    check.run("bfcl 2-update run", models[0], bfcl)
     total = time.perf_counter() - started
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     print(f"\nagentgym gpu_check on {where}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, torch "
           f"{torch.__version__}, dtype {str(dtype).replace('torch.', '')}, context +{context} tokens, "
           f"{total:.1f} s total, peak process RSS {peak_rss:.2f} GiB")
     print(check.table())
+    rows = json.dumps({"device": where, "seconds": total, "torch": torch.__version__, "rows": check.rows}, indent=2)
     if args.out:
-        Path(args.out).write_text(json.dumps({"device": where, "seconds": total, "rows": check.rows}, indent=2))
+        Path(args.out).write_text(rows)
+    if args.record:
+        Path(args.record).mkdir(parents=True, exist_ok=True)
+        Path(args.record, "rows.json").write_text(rows)
+        Path(args.record, "table.md").write_text(check.table() + "\n")
     return 1 if any(r["status"] == "FAILED" for r in check.rows) else 0
 
 
