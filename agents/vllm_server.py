@@ -45,7 +45,6 @@ answers ``/health``.
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import shutil
 import signal

@@ -51,13 +51,9 @@ threat model for ``serve``.
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import functools
 import json
 import logging
-import threading
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -67,21 +63,21 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from openenv.core.env_server.exceptions import EnvironmentFactoryError, SessionCapacityError
-from openenv.core.env_server.http_server import HTTPEnvServer
+from openenv.core.env_server.exceptions import SessionCapacityError
 from openenv.core.env_server.interfaces import Environment
 from openenv.core.env_server.mcp_types import ListToolsObservation, Tool
-from openenv.core.env_server.mcp_types import JsonRpcErrorCode, JsonRpcResponse
 from openenv.core.env_server.serialization import deserialize_action, serialize_observation
 from openenv.core.env_server.types import (Action, ConcurrencyConfig, EnvironmentMetadata, Observation, ResetRequest,
-                                           ResetResponse, State, StepRequest, WSErrorCode, WSErrorResponse)
+                                           ResetResponse, State, StepRequest)
 
 from agentgym.envspec import check_env_id
-from agentgym.parsing import MAX_ARGUMENT_DEPTH, check_json_value
+from agentgym.integrations.openenv_sessions import (DEFAULT_MAX_BODY_BYTES, IDLE_CLOSE_CODE, MAX_MESSAGE_DEPTH, _error,
+                                                    _one_line, _Open, _Sessions, _SessionGuard, parse_message)
 from agentgym.types import Feedback, Message, json_safe
 
 __all__ = ["AgentAction", "AgentObservation", "AgentToolObservation", "AgentState", "AgentGymEnvironment",
-           "make_app", "render_tool_calls", "MAX_TOOL_CALLS"]
+           "make_app", "render_tool_calls", "parse_message", "MAX_TOOL_CALLS", "MAX_MESSAGE_DEPTH",
+           "DEFAULT_MAX_BODY_BYTES", "IDLE_CLOSE_CODE"]
 
 log = logging.getLogger(__name__)
 
@@ -175,52 +171,6 @@ def _dump_messages(messages: list[Any]) -> list[dict[str, Any]]:
 
 def _dump_feedback(records: list[Any]) -> list[dict[str, Any]]:
     return [f.model_dump(mode="json") if isinstance(f, Feedback) else json_safe(f) for f in records]
-
-
-class _Open:
-    """The envs a server holds, so that every one counts against ``capacity`` (sessions and
-    stateless requests alike) and shutdown closes the ones no session end closed."""
-
-    def __init__(self, capacity: int | None = None):
-        self._lock = threading.Lock()
-        self._envs: dict[int, AgentGymEnvironment] = {}
-        self._building = 0
-        self.capacity = capacity
-        self.created = 0
-
-    def reserve(self) -> None:
-        """Hold a slot for an env about to be built; ``SessionCapacityError`` when all are taken."""
-        with self._lock:
-            held = len(self._envs) + self._building
-            if self.capacity is not None and held >= self.capacity:
-                raise SessionCapacityError(held, self.capacity)
-            self._building += 1
-
-    def add(self, env: "AgentGymEnvironment", *, reserved: bool = False) -> None:
-        with self._lock:
-            if reserved:
-                self._building -= 1
-            self._envs[id(env)] = env
-            self.created += 1
-
-    def unreserve(self) -> None:
-        with self._lock:
-            self._building -= 1
-
-    def discard(self, env: "AgentGymEnvironment") -> None:
-        with self._lock:
-            self._envs.pop(id(env), None)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._envs) + self._building
-
-    def close_all(self) -> int:
-        with self._lock:
-            envs = list(self._envs.values())
-        for env in envs:
-            env.close()
-        return len(envs)
 
 
 class AgentGymEnvironment(Environment):
@@ -367,238 +317,6 @@ class _ToolServer:
                 for tool in mcp_tools(list(getattr(env._inner, "tools", []) or []))}
 
 
-MAX_MESSAGE_DEPTH = MAX_ARGUMENT_DEPTH + 8  # a message wraps tool arguments in a few levels of its own
-DEFAULT_MAX_BODY_BYTES = 16 << 20  # one HTTP request body
-IDLE_CLOSE_CODE = 4408  # the WebSocket close code of a session reaped for idling (4xxx: the application's)
-_CONNECTION: contextvars.ContextVar["_Connection | None"] = contextvars.ContextVar("agentgym_ws", default=None)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def parse_message(raw: str | bytes, what: str = "the message") -> Any:
-    """A JSON object from a client, or ValueError saying why not: not JSON, nested more than
-    ``MAX_MESSAGE_DEPTH`` levels, an integer over ``MAX_INT_BITS`` bits, NaN / Infinity, or not an
-    object. Never a RecursionError, whatever the input."""
-    try:
-        value = json.loads(raw, parse_constant=_reject_constant)
-    except RecursionError:
-        raise ValueError(f"{what} nests too deeply to parse (the limit is {MAX_MESSAGE_DEPTH} levels)") from None
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{what} is not UTF-8: {exc.reason}") from None
-    except ValueError as exc:  # JSONDecodeError, or an integer of more than 4300 digits
-        raise ValueError(f"{what} is not JSON: {str(exc)[:200]}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{what} must be a JSON object, got a JSON {type(value).__name__}")
-    check_json_value(value, what, max_depth=MAX_MESSAGE_DEPTH)
-    return value
-
-
-class _Connection:
-    """One WebSocket as ``_SessionGuard`` sees it: whether the app is answering a message (``busy``),
-    the last traffic, and the request to close it (``close_idle``, from the reaper)."""
-
-    def __init__(self) -> None:
-        self.busy = False
-        self.gone = False  # the socket is closed (by the client, or by us)
-        self.last_activity = time.time()
-        self.closing: str | None = None
-        self.wake = asyncio.Event()
-
-    def close_idle(self, reason: str) -> None:
-        self.closing = reason
-        self.wake.set()
-
-
-class _SessionGuard:
-    """ASGI middleware in front of openenv-core's WebSocket loop (``/ws`` and ``/mcp``):
-
-    - a frame that loop would end the session on (binary, too deep, a huge integer, NaN, not a JSON
-      object) is answered with an error reply here and never reaches it: the session goes on;
-    - a reaped session's socket is closed (``IDLE_CLOSE_CODE`` and the reason) and the loop is told
-      the client left, so it closes the session's env and frees its slot;
-    - a client gone mid-step (the reply cannot be sent) or a normal close ends the loop quietly,
-      with no ASGI traceback."""
-
-    def __init__(self, app: Any, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
-        self.app = app
-        self.max_body_bytes = max_body_bytes
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope.get("type") == "http":
-            return await self._http(scope, receive, send)
-        if scope.get("type") != "websocket":
-            return await self.app(scope, receive, send)
-        from starlette.websockets import WebSocketDisconnect
-
-        conn = _Connection()
-        rpc = scope.get("path", "").rstrip("/").endswith("/mcp")
-        pending: asyncio.Task | None = None
-
-        async def real_send(message: dict[str, Any]) -> None:
-            if conn.gone:
-                return  # the client is gone: what the loop still sends has nowhere to go
-            try:
-                await send(message)
-            except Exception as exc:  # noqa: BLE001 - a client that hung up mid-step: an ordinary end
-                log.debug("websocket send failed (the client is gone): %s: %s", type(exc).__name__, exc)
-                conn.gone = True
-            if message.get("type") == "websocket.close":
-                conn.gone = True
-
-        async def guarded_send(message: dict[str, Any]) -> None:
-            if message.get("type") == "websocket.send":
-                conn.busy, conn.last_activity = False, time.time()
-            await real_send(message)
-
-        async def refuse(problem: str, code: str) -> None:
-            if rpc:
-                reply = JsonRpcResponse.error_response(JsonRpcErrorCode.PARSE_ERROR, problem).model_dump_json()
-            else:
-                reply = WSErrorResponse(data={"message": problem, "code": code}).model_dump_json()
-            await real_send({"type": "websocket.send", "text": reply})
-
-        async def guarded_receive() -> dict[str, Any]:
-            nonlocal pending
-            while True:
-                if conn.closing is not None and not conn.gone:
-                    await real_send({"type": "websocket.close", "code": IDLE_CLOSE_CODE, "reason": conn.closing[:120]})
-                if conn.gone:
-                    return {"type": "websocket.disconnect", "code": IDLE_CLOSE_CODE if conn.closing else 1006}
-                if pending is None:
-                    pending = asyncio.ensure_future(receive())
-                waker = asyncio.ensure_future(conn.wake.wait())
-                await asyncio.wait({pending, waker}, return_when=asyncio.FIRST_COMPLETED)
-                waker.cancel()
-                if not pending.done():
-                    continue  # woken to close
-                message, pending = pending.result(), None
-                conn.last_activity = time.time()
-                if message.get("type") != "websocket.receive":
-                    if message.get("type") == "websocket.disconnect":
-                        conn.gone = True
-                    return message
-                if message.get("text") is None:
-                    await refuse("binary frames are not accepted: send each message as JSON text",
-                                 WSErrorCode.INVALID_JSON)
-                    continue
-                try:
-                    parse_message(message["text"])
-                except ValueError as exc:
-                    await refuse(str(exc), WSErrorCode.INVALID_JSON)
-                    continue
-                conn.busy = True
-                return message
-
-        token = _CONNECTION.set(conn)
-        try:
-            await self.app(scope, guarded_receive, guarded_send)
-        except WebSocketDisconnect:
-            pass
-        finally:
-            _CONNECTION.reset(token)
-            if pending is not None:
-                pending.cancel()
-
-
-    async def _http(self, scope: Any, receive: Any, send: Any) -> None:
-        """An HTTP request whose body is over ``max_body_bytes`` is a 413 (before the app reads it,
-        or as soon as a chunked body passes the cap)."""
-        cap, seen, started = self.max_body_bytes, 0, False
-        declared = dict(scope.get("headers") or []).get(b"content-length", b"0")
-
-        async def too_large() -> None:
-            body = json.dumps({"detail": f"the request body is over the {cap}-byte limit", "code": "TOO_LARGE"})
-            await send({"type": "http.response.start", "status": 413,
-                        "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
-            await send({"type": "http.response.body", "body": body.encode()})
-
-        if declared.isdigit() and int(declared) > cap:
-            return await too_large()
-
-        async def capped_receive() -> dict[str, Any]:
-            nonlocal seen
-            message = await receive()
-            if message.get("type") == "http.request":
-                seen += len(message.get("body") or b"")
-                if seen > cap:
-                    raise _BodyTooLarge
-            return message
-
-        async def tracked_send(message: dict[str, Any]) -> None:
-            nonlocal started
-            started = started or message.get("type") == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, capped_receive, tracked_send)
-        except _BodyTooLarge:
-            if not started:
-                await too_large()
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-class _Sessions(HTTPEnvServer):
-    """openenv-core's server, with every env counted (``_Open``) and idle sessions reaped by
-    closing their socket (``_SessionGuard``) rather than their env under a live loop."""
-
-    def __init__(self, *args: Any, open_envs: _Open, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._open = open_envs
-        self._connections: dict[str, _Connection] = {}
-
-    async def _create_session(self) -> tuple[str, Environment]:
-        if len(self._open) >= self._max_concurrent_envs:  # stateless requests hold slots too
-            raise SessionCapacityError(len(self._open), self._max_concurrent_envs)
-        try:
-            session_id, env = await super()._create_session()
-        except EnvironmentFactoryError as exc:
-            if isinstance(exc.__cause__, SessionCapacityError):
-                raise exc.__cause__ from None
-            raise
-        conn = _CONNECTION.get()
-        if conn is not None:
-            self._connections[session_id] = conn
-        return session_id, env
-
-    async def _destroy_session(self, session_id: str) -> None:
-        self._connections.pop(session_id, None)
-        await super()._destroy_session(session_id)
-
-    async def _reap_idle_sessions(self) -> None:
-        timeout = self._session_idle_timeout_s
-        if timeout is None:
-            return
-        while True:
-            await asyncio.sleep(min(max(timeout / 4, 0.05), 5.0))
-            try:
-                await self._reap_once(timeout)
-            except Exception as exc:  # noqa: BLE001 - the reaper keeps going
-                log.warning("idle-session reaper: %s: %s", type(exc).__name__, exc)
-
-    async def _reap_once(self, timeout: float) -> None:
-        now = time.time()
-        async with self._session_lock:
-            idle = {sid: info.last_activity_at for sid, info in self._session_info.items()}
-        for sid, last in idle.items():
-            conn = self._connections.get(sid)
-            if conn is not None:
-                if not conn.busy and not conn.gone and now - max(last, conn.last_activity) > timeout:
-                    log.info("closing session %s: idle for more than %g s", sid, timeout)
-                    conn.close_idle(f"session idle for more than {timeout:g} s: closed by the server")
-            elif now - last > timeout:  # an HTTP MCP session: no socket to close
-                await self._destroy_session(sid)
-
-
-def _error(status: int, message: str, code: str) -> Any:
-    from fastapi.responses import JSONResponse
-    return JSONResponse(status_code=status, content={"detail": message, "code": code})
-
-
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
     try:
@@ -696,16 +414,6 @@ def make_app(env_id: str, *, env_kwargs: dict[str, Any] | None = None, max_sessi
     app.state.agentgym_open = open_envs
     app.state.agentgym_server = server
     return app
-
-
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, ValidationError):
-        first = exc.errors()[0]
-        where = ".".join(str(x) for x in first.get("loc", ()))
-        text = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
-        more = len(exc.errors()) - 1
-        return text + (f" (and {more} more)" if more else "")
-    return " ".join(str(exc).split())[:500]
 
 
 def _metadata(env_id: str) -> EnvironmentMetadata:
