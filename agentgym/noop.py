@@ -1,4 +1,6 @@
-"""No silent no-op training: an update in which no sample carried a gradient (every advantage zero
+"""No silent no-op training, and a resumed run's summary that reads as an uninterrupted one's.
+
+No-op training: an update in which no sample carried a gradient (every advantage zero
 and no distillation target) is said in the log, the update's metrics (``no_gradient``) and the run's
 notes, with its likely cause; a run in which more than ``train.max_no_gradient_fraction`` of the
 updates are like that stops (``TrainingError``, exit 1) with the cause instead of exiting 0.
@@ -84,3 +86,52 @@ class NoGradientWatch:
             return (f"{self.count} of {self.total} updates carried no gradient (more than "
                     f"train.max_no_gradient_fraction = {self.max_fraction:g}): {self.cause}")
         return None
+
+
+# ------------------------------------------------------------------------------------------ resume
+# A resumed run keeps what its first process measured: the in-sample reference probe (context and
+# action ids of the first task trained on, and its log-prob before any update) and the seconds of
+# the updates done before the resume, so its summary reads as an uninterrupted run's.
+PROBE_FILE = "reference_probe.json"
+
+
+def save_probe(run_dir: Any, probe: tuple[list[int], list[int]], before: float | None) -> None:
+    import json
+    from pathlib import Path
+
+    from agentgym.safeio import write_atomic
+    write_atomic(Path(run_dir) / PROBE_FILE, json.dumps({"context": list(probe[0]), "action": list(probe[1]),
+                                                         "before": before}))
+
+
+def load_probe(run_dir: Any) -> tuple[tuple[list[int], list[int]], float | None] | None:
+    """The saved probe and its score before training, or None (absent or not a probe record)."""
+    import json
+    from pathlib import Path
+
+    from agentgym.safeio import read_regular
+    try:
+        data = json.loads(read_regular(Path(run_dir) / PROBE_FILE, 8 << 20, PROBE_FILE))
+        ctx, act, before = data["context"], data["action"], data["before"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not (isinstance(ctx, list) and isinstance(act, list) and all(isinstance(i, int) for i in ctx + act)):
+        return None
+    return (ctx, act), (float(before) if isinstance(before, (int, float)) else None)
+
+
+def recorded_seconds(run_dir: Any, start: int) -> list[float]:
+    """The ``seconds`` of the train records of updates ``< start`` in the run's metrics.jsonl."""
+    import json
+    from pathlib import Path
+    path = Path(run_dir) / "metrics.jsonl"
+    out: dict[int, float] = {}
+    for line in path.read_text().splitlines() if start > 0 and path.is_file() else []:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("phase") == "train" and isinstance(rec.get("update"), int) \
+                and rec["update"] < start and isinstance(rec.get("seconds"), (int, float)):
+            out[rec["update"]] = float(rec["seconds"])
+    return [out[k] for k in sorted(out)]

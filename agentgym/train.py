@@ -494,6 +494,9 @@ class Trainer:
         if self.probe is None and update == self.start:
             self.probe = self._reference_probe(trajs)
             self.probe_before = self.probe_logprob()
+            if update == 0 and self.probe is not None and self.is_main:  # a resumed run scores the same probe
+                from agentgym.noop import save_probe
+                save_probe(self.run_dir, self.probe, self.probe_before)
         lr = self.learner.settings.lr * lr_factor(update, self.config.train.updates, self.config.train.warmup_updates,
                                                   self.config.train.lr_schedule)
         for group in self.learner.optimizer.param_groups:
@@ -675,7 +678,10 @@ class Trainer:
         self.backend.sync(self.policy)  # serve (and verify) the weights training starts from
         first = self.evaluate(0) if start == 0 else self._recorded_eval(0)
         before = first.get("success_rate")
-        seconds = []
+        from agentgym.noop import load_probe, recorded_seconds
+        seconds = recorded_seconds(self.run_dir, start)  # a resumed run's updates before it count too
+        if start > 0 and (saved := load_probe(self.run_dir)) is not None:
+            self.probe, self.probe_before = saved  # the first update's probe and its score before training
         bar = tqdm(range(start, cfg.train.updates), desc=f"{cfg.learner.name} updates",
                    disable=not (cfg.train.progress and self.is_main), initial=start, total=cfg.train.updates)
         after = before if cfg.train.updates == 0 else None
