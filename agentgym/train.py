@@ -503,6 +503,10 @@ class Trainer:
             group["lr"] = lr
         from agentgym.learners.signal import step_references
         references = step_references(trajs, self._reference_reader, self.tokenizer) if self.learner.uses_teacher else None
+        if self.config.train.progress and self.is_main:  # the learner step can take minutes on a CPU: say so
+            from tqdm.auto import tqdm
+            tqdm.write(f"update {update}: rollouts and feedback done in {time.perf_counter() - started:.0f} s; "
+                       f"learner step on {len(trajs)} episodes, {sum(len(x) for x in targets)} targets", file=sys.stderr)
         metrics = {"lr": lr, **self.learner.update(Batch(trajs, targets, references=references))}
         trajs = [t.model_copy(update={"update": update, "phase": "train", "learner": self.config.learner.name,
                                       "targets": tg, "feedback": fb}) for t, tg, fb in zip(trajs, targets, feedback)]
