@@ -651,9 +651,11 @@ def eval_main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--{'.'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']} "
                               f"(got {err.get('input')!r})") from None
         cfg = _eval_config(settings, rest)
-        model_label = settings.model or Path(settings.run or cfg.model.name).name
-        name = settings.name or f"{cfg.env.id.split('/')[-1]}-{Path(model_label).name.replace(':', '-')}-" \
-                                f"{time.strftime('%Y%m%d-%H%M%S')}"
+        model_label = Path(settings.model or cfg.model.name).name.replace(":", "-")
+        # A run folder's name already says its learner and env: <run>-<time>; else <env>-<model>-<time>.
+        label = f"{Path(settings.run).name}{'-' + model_label if settings.model else ''}" if settings.run else \
+            f"{cfg.env.id.split('/')[-1].split(':')[-1]}-{model_label}"
+        name = settings.name or f"{label}-{time.strftime('%m%d-%H%M%S')}"
         out_dir = Path(settings.out) / name
         if (out_dir / "summary.json").exists() and not settings.overwrite:
             raise ConfigError(f"{out_dir} already holds an eval; choose another --name or pass --overwrite")
