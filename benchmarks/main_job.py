@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
             run = root / f"main-s{seed}"
             started = time.perf_counter()
             proc = subprocess.run([str(agentgym), "train", "--train.seed", str(seed), "--train.run_dir", str(run),
-                                   "--train.progress", "false", *args.extra], capture_output=True, text=True)
+                                   "--train.progress", "false", *args.extra], capture_output=True, text=True,
+                                  env={**os.environ, "HF_HUB_OFFLINE": "1"})  # built-in models only: no network
             if proc.returncode != 0:
                 print(proc.stderr[-3000:], file=sys.stderr)
                 return proc.returncode

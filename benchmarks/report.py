@@ -27,6 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.report.runs builds the source run
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the benchmark's tokenizers are local: never the network
 
 from agentgym.report import build_report  # noqa: E402
 from agentgym.store import read_trajectories  # noqa: E402
