@@ -101,11 +101,11 @@ class Prompts:
     reference: str = "Reference solution: {text}"
     # fields: turn, expected, actual
     # (``actual``, the failed action, is offered but not used by default: a teacher copies what it is shown)
-    reference_hindsight_wrong: str = "Make these calls at this step: {expected}."
-    reference_hindsight_missing: str = (
-        "Turn {turn} is not done yet: make these calls before answering in plain text: {expected}.")
+    # (``expected`` is what the agent should write there: BFCL's remaining calls as a call list)
+    reference_hindsight_wrong: str = "Correct reply:\n{expected}"
+    reference_hindsight_missing: str = "Correct reply:\n{expected}"
     # fields: expected, actual
-    reference_hindsight_generic: str = "The correct action at this step is: {expected}"
+    reference_hindsight_generic: str = "Correct reply:\n{expected}"
     # added to a rule-based source's hint only with ``quote_action=True``; fields: actual
     quoted_action: str = "Your action was: {actual}"
     # fields: state, candidates

@@ -82,7 +82,10 @@ def step_calls(step: Step) -> list[tuple[str, str]]:
 
 
 def _show(calls: list[tuple[str, str]]) -> str:
-    return ", ".join(f"{n}({', '.join(f'{k}={v!r}' for k, v in json.loads(a).items())})" for n, a in calls) or "(no call)"
+    """Calls as the Python call list a BFCL reply is written in: ``[cd(folder='a'), ls()]``."""
+    if not calls:
+        return "(no call)"
+    return "[" + ", ".join(f"{n}({', '.join(f'{k}={v!r}' for k, v in json.loads(a).items())})" for n, a in calls) + "]"
 
 
 class DivergenceRule:

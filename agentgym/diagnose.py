@@ -1,0 +1,187 @@
+"""``agentgym diagnose``: does the teacher prefer the right action? Measured before any training.
+
+Self-distillation teaches only where the teacher's context (the student's context plus feedback)
+makes the right action more likely than the student's own context does. This command rolls out one
+batch with the untrained model, runs each feedback source and its selector on it, builds each
+learner's teacher context on the targeted steps, and prints, per source x learner, the
+teacher-signal diagnostic (``agentgym.learners.signal``) on the steps where the env has a reference
+action: ``teacher_gain`` (mean per-token log-prob of the reference action under the teacher context
+minus under the student context), the fraction of steps where it is positive, and both log-probs.
+A source whose gain is <= 0 would teach the model to move away from the reference.
+
+    agentgym diagnose --env.id agentgym/Echo-v0 --env.kwargs '{"reference": true}' \\
+        --sources reference_hindsight,reference,immediate --learners hint_sd,serl
+
+Every run setting (``--section.key VALUE``, ``--config FILE``, ``--preset``) is read as
+``agentgym train`` reads it; ``--feedback.prompts.<name> TEXT`` tries other wording.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+__all__ = ["main", "diagnose", "SignalRow", "format_table"]
+
+
+@dataclass
+class SignalRow:
+    env: str
+    model: str
+    source: str
+    selector: str
+    learner: str
+    context: str  # the learner's teacher-context kind
+    targets: int  # targeted steps that got a teacher context
+    scored: int  # of those, steps with a reference action (what the gain averages over)
+    gains: list[float]
+    teacher: list[float]
+    student: list[float]
+
+    @property
+    def gain(self) -> float | None:
+        return statistics.fmean(self.gains) if self.gains else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"env": self.env, "model": self.model, "source": self.source, "selector": self.selector,
+                "learner": self.learner, "context": self.context, "targets": self.targets, "scored": self.scored,
+                "teacher_gain": self.gain,
+                "teacher_gain_std": statistics.stdev(self.gains) if len(self.gains) > 1 else None,
+                "teacher_prefers_reference": sum(g > 0 for g in self.gains) / len(self.gains) if self.gains else None,
+                "teacher_reference_logprob": statistics.fmean(self.teacher) if self.teacher else None,
+                "student_reference_logprob": statistics.fmean(self.student) if self.student else None}
+
+
+def _selector_for(source: Any, name: str, learner_cls: Any, configured: str | None) -> tuple[Any, str]:
+    """The configured selector, else the learner's, else ``dense``; a hindsight selector only for
+    sources that write hindsight records."""
+    from agentgym.plugins import SELECTORS
+    chosen = configured or learner_cls.default_selector or "dense"
+    if chosen.startswith("hindsight") and "hindsight" not in name:
+        chosen = "dense"
+    return SELECTORS.get(chosen).from_config(None, include_successful=learner_cls.feeds_successful), chosen
+
+
+def diagnose(trainer: Any, sources: Sequence[str], learners: Sequence[str]) -> list[SignalRow]:
+    """Roll out one training batch with ``trainer``'s (untrained) policy and measure the teacher
+    signal of every source x learner on it."""
+    from agentgym.feedback import make_source
+    from agentgym.learners import Batch
+    from agentgym.learners.signal import step_references, teacher_signal
+    from agentgym.plugins import LEARNERS, SOURCES, TEACHERS
+    cfg = trainer.config
+    trajs = trainer.rollout(trainer.tasks_for(0), 0, "train", cfg.env.group_size, trainer.env_kwargs("train"))
+    references = step_references(trajs, trainer._reference_reader, trainer.tokenizer)
+    rows = []
+    for lname in learners:
+        cls = LEARNERS.get(lname)
+        if not cls.uses_teacher:
+            continue
+        # The trainer's own model: the teacher weights start as a copy of the student's.
+        learner = cls(settings={}).bind(trainer.learner.unwrapped, trainer.tokenizer, prompts=trainer.prompts)
+        for sname in sources:
+            teacher = TEACHERS.get(cfg.feedback.teacher)(cfg.feedback, trainer.policy, learner) \
+                if any(SOURCES.get(n).needs_policy for n in sname.split("+")) else None
+            source = make_source(sname, policy=teacher, options=cfg.feedback.options(), prompts=trainer.prompts)
+            selector, selector_name = _selector_for(source, sname, cls, cfg.feedback.selector
+                                                    if cfg.feedback.source == sname else None)
+            feedback = source.annotate(trajs)
+            targets = [selector(t, f) for t, f in zip(trajs, feedback)]
+            samples, _ = Batch(trajs, targets, references=references).samples()
+            learner.stats.clear()
+            hinted = [learner.with_teacher_context(s, s.target.hint) for s in samples
+                      if s.target is not None and s.target.hint
+                      and (cls.feeds_successful or not trajs[s.traj].success)]
+            hinted = [s for s in hinted if s.teacher_context is not None]
+            signal = teacher_signal(learner, hinted)
+            rows.append(SignalRow(cfg.env.id, trainer.model_name, sname, selector_name, lname,
+                                  cls.teacher_context_kind.__name__, len(hinted), len(signal.teacher),
+                                  [t - s for t, s in zip(signal.teacher, signal.student)], signal.teacher,
+                                  signal.student))
+    return rows
+
+
+def _f(v: float | None, fmt: str = "{:+.3f}") -> str:
+    return "n/a" if v is None else fmt.format(v)
+
+
+def format_table(rows: Sequence[SignalRow]) -> str:
+    lines = ["| env | model | source -> selector | learner (teacher context) | targets (with reference) | "
+             "teacher_gain ± std | teacher prefers reference | ref log-prob student -> teacher |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        d = r.as_dict()
+        gain = _f(d["teacher_gain"]) + (f" ± {d['teacher_gain_std']:.3f}" if d["teacher_gain_std"] is not None else "")
+        lines.append(f"| {r.env} | {r.model} | {r.source} -> {r.selector} | {r.learner} ({r.context}) | {r.targets} "
+                     f"({r.scored}) | {gain} | {_f(d['teacher_prefers_reference'], '{:.0%}')} | "
+                     f"{_f(d['student_reference_logprob'], '{:.3f}')} -> {_f(d['teacher_reference_logprob'], '{:.3f}')} |")
+    return "\n".join(lines)
+
+
+def _split(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
+    rest, value, i = [], None, 0
+    while i < len(argv):
+        if argv[i] == flag and i + 1 < len(argv):
+            value, i = argv[i + 1], i + 2
+            continue
+        if argv[i].startswith(flag + "="):
+            value, i = argv[i].split("=", 1)[1], i + 1
+            continue
+        rest.append(argv[i])
+        i += 1
+    return value, rest
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``agentgym diagnose [--sources a,b] [--learners x,y] [--json] [agentgym train settings ...]``."""
+    from agentgym.config import ConfigError
+    from agentgym.plugins import LEARNERS, SOURCES, UnknownPluginError
+    from agentgym.train import Trainer, TrainingError, cli_config
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(main.__doc__ + "\n\n" + __doc__)
+        return 0
+    as_json = "--json" in argv
+    argv = [a for a in argv if a != "--json"]
+    sources, argv = _split(argv, "--sources")
+    learners, argv = _split(argv, "--learners")
+    try:
+        cfg, _, _ = cli_config(argv + ["--train.updates", "0", "--train.progress", "false"])
+        cfg = cfg.resolved()
+        names = [s.strip() for s in (sources or cfg.feedback.source).split(",") if s.strip()]
+        for name in names:
+            for part in name.split("+"):
+                SOURCES.get(part)  # did-you-mean before a model loads
+        lnames = [n.strip() for n in (learners or cfg.learner.name).split(",") if n.strip()]
+        for n in lnames:
+            if not LEARNERS.get(n).uses_teacher:
+                raise ConfigError(f"--learners: {n!r} has no teacher; choose from "
+                                  f"{[x for x in LEARNERS.names() if LEARNERS.get(x).uses_teacher]}")
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg.train.run_dir = tmp
+            trainer = Trainer(cfg, notes=["diagnose"])
+            print(f"agentgym diagnose: {cfg.env.id}, {trainer.model_name}: rolling out "
+                  f"{cfg.env.tasks_per_update} task(s) x {cfg.env.group_size}", file=sys.stderr, flush=True)
+            rows = diagnose(trainer, names, lnames)
+    except (ConfigError, UnknownPluginError, ValueError) as exc:
+        print(f"agentgym diagnose: {exc}", file=sys.stderr)
+        return 2
+    except TrainingError as exc:
+        print(f"agentgym diagnose: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+    else:
+        print(format_table(rows))
+        bad = [r for r in rows if r.gain is not None and r.gain <= 0]
+        if bad:
+            print(f"\n{len(bad)} of {len(rows)} source x learner pairs have teacher_gain <= 0: distilling from them "
+                  "moves the model away from the reference (see README, 'Does the teacher know better?').")
+        if not any(r.scored for r in rows):
+            print("\nno targeted step had a reference action (the env declares none, or nothing was targeted): "
+                  "teacher_gain is not measurable here")
+    return 0
