@@ -9,7 +9,10 @@ the server's message.
 
 Every request has one deadline, ``timeout`` seconds, covering connect, send and the whole body (each
 socket read and write is bounded by what is left of it, so a server that drips one byte at a time
-cannot hold a request open): past it the try fails with ``DeadlineExceeded`` and is retried.
+cannot hold a request open): past it the try fails with ``DeadlineExceeded`` and is retried. The
+bytes a response may put on the wire are capped (``max_response_bytes``, default 32 MiB): past it the
+request fails at once with ``PolicyError`` (not retried). Both come from the shared transport
+(``agentgym.agents.transport``), which the ``vllm_server`` backend uses too.
 
 A 200 response is checked before it is used; anything malformed (not JSON, cut off, missing or null
 fields, a tool call without a name, a non-finite or missing log-prob, tool arguments nested deeper
@@ -46,7 +49,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 from agentgym.agents.base import Conversation, Generation, Policy, PolicyError, SamplingParams, as_chat, per_conversation
-from agentgym.agents.transport import deadline_client, header_seconds, request_deadline, retry_after_seconds
+from agentgym.agents.transport import (DEFAULT_MAX_RESPONSE_BYTES, deadline_client, header_seconds, request_deadline,
+                                       retry_after_seconds, too_large)
 from agentgym.types import ToolCall
 
 __all__ = ["OpenAIPolicy", "APIRetryError", "DeadlineExceeded", "TransportError", "MalformedResponseError",
@@ -167,7 +171,8 @@ class OpenAIPolicy(Policy):
                  max_concurrency: int = 8, max_attempts: int = 6, timeout: float = 60.0,
                  backoff_initial: float = 0.05, backoff_max: float = 8.0, max_retry_after: float = 60.0,
                  logprobs: bool = True, native_tools: bool = True, extra_body: dict[str, Any] | None = None,
-                 max_argument_depth: int = 64, max_argument_chars: int = 1_000_000):
+                 max_argument_depth: int = 64, max_argument_chars: int = 1_000_000,
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES):
         import openai
 
         if max_attempts < 1:
@@ -182,6 +187,9 @@ class OpenAIPolicy(Policy):
         self.name = model
         self.model = model
         self.timeout = float(timeout)
+        if isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int) or max_response_bytes < 1024:
+            raise ValueError(f"max_response_bytes must be an int >= 1024, got {max_response_bytes!r}")
+        self.max_response_bytes = max_response_bytes
         key = api_key or (os.environ.get(api_key_env) if api_key_env else None) or "EMPTY"
         self.client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=self.timeout,
                                     http_client=deadline_client(self.timeout))
@@ -254,7 +262,7 @@ class OpenAIPolicy(Policy):
         """One try: the raw 200 body, read within the deadline."""
         import openai
 
-        with request_deadline(self.timeout) as deadline:
+        with request_deadline(self.timeout, self.max_response_bytes) as deadline:
             try:
                 raw = self.client.chat.completions.with_raw_response.create(**request, extra_body=extra or None)
                 return raw.content
@@ -263,6 +271,9 @@ class OpenAIPolicy(Policy):
                     f"no complete response within the {self.timeout:g} s request deadline (connect, send and the "
                     f"whole body; gave up after {deadline.elapsed:.2f} s)") from exc
             except openai.APIConnectionError as exc:  # refused, reset, cut off, unparseable HTTP
+                if too_large(exc) is not None:  # not transient: the same request would get the same answer
+                    raise PolicyError(f"{self._where()}: the response is over the {self.max_response_bytes:,}-byte "
+                                      "limit (max_response_bytes); not retried") from None
                 cause = exc.__cause__ or exc.__context__
                 detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
                 raise TransportError(f"connection failed or the response was cut off: {detail}") from exc

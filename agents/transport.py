@@ -29,12 +29,13 @@ import warnings
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
+import httpcore2
 from pydantic import BaseModel, ValidationError
 
 from agentgym.agents.base import PolicyError
 
 __all__ = ["HTTPTransport", "ServerError", "deadline_client", "header_seconds", "retry_after_seconds",
-           "request_deadline", "field_path", "DEFAULT_MAX_RESPONSE_BYTES"]
+           "request_deadline", "too_large", "ResponseTooLarge", "field_path", "DEFAULT_MAX_RESPONSE_BYTES"]
 
 DEFAULT_MAX_RESPONSE_BYTES = 32 << 20
 _DELTA_SECONDS = re.compile(r"^\d+(?:\.\d+)?$")
@@ -94,19 +95,21 @@ _DEADLINE = threading.local()  # .at: time.monotonic() by which the current requ
 
 
 class request_deadline:
-    """``with request_deadline(seconds):`` bounds every socket operation of this thread's requests
-    made through a ``deadline_client`` by one deadline."""
+    """``with request_deadline(seconds, max_bytes):`` bounds every socket operation of this thread's
+    requests made through a ``deadline_client`` by one deadline, and the bytes they may read (status
+    line, headers and body as they come off the wire) by ``max_bytes`` (``ResponseTooLarge``)."""
 
-    def __init__(self, seconds: float):
-        self.seconds = seconds
+    def __init__(self, seconds: float, max_bytes: int | None = None):
+        self.seconds, self.max_bytes = seconds, max_bytes
 
     def __enter__(self) -> "request_deadline":
         self.started = time.monotonic()
         _DEADLINE.at = self.started + self.seconds
+        _DEADLINE.cap, _DEADLINE.read = self.max_bytes, 0
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        _DEADLINE.at = None
+        _DEADLINE.at = _DEADLINE.cap = None
 
     @property
     def elapsed(self) -> float:
@@ -124,16 +127,29 @@ def _bounded(timeout: float | None, error: type[Exception]) -> float | None:
     return left if timeout is None else min(timeout, left)
 
 
+class ResponseTooLarge(httpcore2.ReadError):  # an httpcore read error, so httpx and openai map it as one
+    """More bytes than ``request_deadline``'s ``max_bytes`` came off the wire."""
+
+
+def _counted(data: bytes) -> bytes:
+    cap = getattr(_DEADLINE, "cap", None)
+    if cap is not None:
+        _DEADLINE.read += len(data)
+        if _DEADLINE.read > cap:
+            raise ResponseTooLarge(f"the response is over the {cap:,}-byte limit")
+    return data
+
+
 def _deadline_backend(inner: Any) -> Any:
-    """An httpcore network backend whose streams bound every connect / read / write by the deadline."""
-    import httpcore2
+    """An httpcore network backend whose streams bound every connect / read / write by the deadline,
+    and the bytes read by the size cap."""
 
     class Stream(httpcore2.NetworkStream):
         def __init__(self, stream: Any):
             self._stream = stream
 
         def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-            return self._stream.read(max_bytes, _bounded(timeout, httpcore2.ReadTimeout))
+            return _counted(self._stream.read(max_bytes, _bounded(timeout, httpcore2.ReadTimeout)))
 
         def write(self, buffer: bytes, timeout: float | None = None) -> None:
             self._stream.write(buffer, _bounded(timeout, httpcore2.WriteTimeout))
@@ -182,6 +198,16 @@ def deadline_client(timeout: float) -> Any:
     return client
 
 
+def too_large(exc: BaseException | None) -> BaseException | None:
+    """The ``ResponseTooLarge`` in ``exc``'s chain of causes (how httpx and openai wrap it), or None."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, ResponseTooLarge):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
 # ---------------------------------------------------------------------------------------- validation
 def field_path(loc: tuple[Any, ...]) -> str:
     """A pydantic error location as a path: ``("choices", 0, "token_ids", 3)`` -> ``choices[0].token_ids[3]``."""
@@ -196,7 +222,10 @@ def describe(exc: ValidationError) -> str:
     errors = exc.errors(include_url=False)
     first = errors[0]
     value = first.get("input")
-    shown = "" if isinstance(value, (dict, list)) else f" (got {json.dumps(value) if _jsonable(value) else repr(value)[:60]})"
+    if isinstance(value, (dict, list)):
+        shown = ""
+    else:
+        shown = f" (got {json.dumps(value) if _jsonable(value) else repr(value)[:60]})"
     more = f"; and {len(errors) - 1} more" if len(errors) > 1 else ""
     return f"{field_path(tuple(first.get('loc', ())))}: {first.get('msg')}{shown[:80]}{more}"
 
@@ -271,7 +300,7 @@ class HTTPTransport:
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         data = None if body is None else json.dumps(body).encode()
-        with request_deadline(timeout) as deadline:
+        with request_deadline(timeout, self.max_bytes + 65_536) as deadline:  # the body's cap plus headers
             try:
                 with self.client.stream(method, self.root + path, content=data, headers=headers,
                                         timeout=timeout) as resp:
@@ -294,6 +323,9 @@ class HTTPTransport:
                                   f"(connect, send and the whole body; gave up after {deadline.elapsed:.2f} s)",
                                   transient=True) from None
             except httpx2.HTTPError as exc:  # refused, reset, cut off, unparseable HTTP
+                if too_large(exc) is not None:  # a compressed body can only be capped as it arrives
+                    raise ServerError(f"{where}: the response is over the {self.max_bytes:,}-byte limit "
+                                      "(max_response_bytes)") from None
                 raise ServerError(f"{where}: {type(exc).__name__}: {exc}", transient=True) from None
         if status >= 400:
             text = raw[:500].decode("utf-8", "replace")

@@ -343,8 +343,9 @@ def make_app(env_id: str, *, env_kwargs: dict[str, Any] | None = None, max_sessi
     factory = functools.partial(AgentGymEnvironment, env_id, dict(env_kwargs or {}), open_envs)
     app = FastAPI(title=f"agentgym {env_id}", version=_version(),
                   description=f"agentgym env {env_id} as an OpenEnv server (see agentgym.integrations.openenv_server)")
-    server = _Sessions(factory, AgentAction, AgentObservation, open_envs=open_envs, concurrency_config=ConcurrencyConfig(
-        max_concurrent_envs=max_sessions, session_timeout=session_timeout_s))
+    server = _Sessions(factory, AgentAction, AgentObservation, open_envs=open_envs,
+                       concurrency_config=ConcurrencyConfig(max_concurrent_envs=max_sessions,
+                                                            session_timeout=session_timeout_s))
     # "production" leaves out openenv-core's /reset, /step and /state (each builds an env outside
     # any count, and an env error is a 500 with a traceback); the ones below replace them.
     server.register_routes(app, mode="production")

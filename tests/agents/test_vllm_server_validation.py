@@ -260,3 +260,32 @@ def test_verify_compares_every_probe_token(tiny_tokenizer, trainer, attack):
                     assert "prompt_logprobs[" in message and "finite number" in message, message
         finally:
             policy.close()
+
+
+def test_a_compressed_body_is_capped_as_it_inflates(tiny_tokenizer):
+    import gzip
+
+    bomb = gzip.compress(b'{"choices": [{"text": "' + b"x" * 5_000_000 + b'"}]}')  # ~5 KB on the wire
+    raw = Raw(bomb, headers={"Content-Encoding": "gzip"})
+    with ScriptedOpenAIServer(routes={"/v1/completions": lambda body: raw}) as server:
+        policy = policy_for(server, tiny_tokenizer, max_response_bytes=65_536)
+        with pytest.raises(ServerError, match="the response is over the 65,536-byte limit"):
+            policy.generate(CONV, sampling=SAMPLING)
+        assert len(server.route_requests) == 1
+        policy.close()
+
+
+def test_the_openai_policy_shares_the_size_cap():
+    from agentgym.agents import PolicyError
+    from agentgym.agents.openai_policy import OpenAIPolicy
+    from agentgym.testing.openai_server import Fault, Reply
+
+    with ScriptedOpenAIServer(responder=lambda body: Reply(content="fine")) as server:
+        policy = OpenAIPolicy("m", base_url=server.base_url, max_response_bytes=100_000, max_attempts=3)
+        server.fail_next(Fault("huge_arguments", size=2_000_000))
+        started = time.monotonic()
+        with pytest.raises(PolicyError, match=r"over the 100,000-byte limit \(max_response_bytes\); not retried"):
+            policy.generate(CONV)
+        assert time.monotonic() - started < 5 and len(server.requests) == 1
+        assert policy.generate(CONV)[0].text == "fine"  # the next request is served as usual
+        policy.close()
