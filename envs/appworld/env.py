@@ -37,8 +37,9 @@ from agentgym.envspec import EnvDefaults
 from agentgym.envs.appworld.sandbox import Episode, Sandbox, SandboxError
 from agentgym.envs.appworld.screen import screen_code
 from agentgym.envs.appworld.worker.server import NAME
-from agentgym.envs.appworld.workers import (AppWorldPaths, WorkerError, WorkerProcess, mirror_without_ground_truth,
-                                             new_experiment_name, prepare_outputs, worker_identity)
+from agentgym.envs.appworld.workers import (WORKER_USER, AppWorldPaths, WorkerError, WorkerProcess,
+                                             mirror_without_ground_truth, new_experiment_name, prepare_outputs,
+                                             unreadable_by_workers, worker_identity)
 from agentgym.types import Feedback, FeedbackKind, Message
 
 __all__ = ["AppWorldEnv", "parse_action", "TOOLS", "MAX_ACTION_CHARS"]
@@ -230,6 +231,16 @@ class AppWorldEnv(AgentEnv):
             self.play_root = mirror_without_ground_truth(self.root, self.paths.base / f"play-{digest}")
         self.split = split
         self.task_ids = self._load_split(split)
+        if self.task_ids:  # run as root, the workers' user must be able to read the AppWorld data
+            sample = self.task_ids[0]
+            unreadable = unreadable_by_workers(self.paths.venv_python, [self.play_root / "data" / "tasks" / sample / "specs.json",
+                                                                 self.root / "data" / "tasks" / sample /
+                                                                 "ground_truth"])
+            if unreadable:
+                raise PermissionError(
+                    f"run as root, agentgym starts the AppWorld workers as the unprivileged user {WORKER_USER}, "
+                    f"which cannot read {', '.join(unreadable)}: make them readable by that user (e.g. "
+                    "chmod o+rx on their folders) or run agentgym as an ordinary user")
         self.execution_timeout = int(execution_timeout)
         self.http_timeout = self.execution_timeout + float(http_margin)
         self.max_observation_chars = int(max_observation_chars)

@@ -65,6 +65,22 @@ def worker_identity() -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
+def unreadable_by_workers(venv_python: Path, paths: list[Path]) -> list[str]:
+    """The paths (files, or folders to list) that the workers' user cannot read, asked of that user
+    itself; [] when we are not root (the workers then run as us). The AppWorld interpreter is the
+    probe, so an interpreter that user cannot run is reported too."""
+    identity = worker_identity()
+    if identity is None:
+        return []
+    probe = ("import os, sys\nfor p in sys.argv[1:]:\n"
+             "    os.access(p, os.R_OK | (os.X_OK if os.path.isdir(p) else 0)) or print(p)")
+    result = subprocess.run([*drop_root(*identity), "--no-new-privs", str(venv_python), "-I", "-S", "-c", probe,
+                             *map(str, paths)], capture_output=True, text=True, timeout=60, cwd="/")
+    if result.returncode != 0:
+        return [os.path.realpath(venv_python)]
+    return result.stdout.splitlines()
+
+
 def private_folder(prefix: str) -> Path:
     """A fresh folder of mode 0700 owned by us, under a short temp path (unix socket names are
     limited to 107 bytes)."""

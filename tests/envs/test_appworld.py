@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -294,8 +296,10 @@ def test_python_timeout_keeps_the_episode_process(env):
 @pytest.mark.slow  # starts its own pair of workers
 def test_official_layout_root_loads_through_the_same_loader(tmp_path, monkeypatch):
     """$APPWORLD_ROOT pointing at a root in the official layout (ground truth inside each task):
-    the env mirrors it without ground truth for episodes and grades with the original."""
-    official = tmp_path / "appworld_root"
+    the env mirrors it without ground truth for episodes and grades with the original. (Under /tmp,
+    not pytest's private tmp_path: run as root, the workers' unprivileged user must read it.)"""
+    official = Path(tempfile.mkdtemp(prefix="appworld-official-")) / "appworld_root"
+    official.parent.chmod(0o755)
     (official / "data" / "tasks").mkdir(parents=True)
     src = PATHS.root / "data"
     for name in ("base_dbs", "api_docs"):
@@ -315,3 +319,4 @@ def test_official_layout_root_loads_through_the_same_loader(tmp_path, monkeypatc
             assert (reward, terminated) == (1.0, True)
     finally:
         env.close()
+        shutil.rmtree(official.parent)

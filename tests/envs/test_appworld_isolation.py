@@ -217,3 +217,16 @@ def test_names_with_path_components_are_refused(env, tmp_path):
         env.reset(options={"task_id": f"../tasks/{TASK}"})
     env.reset(options={"task_id": TASK})  # the workers are still up and serve the env
     assert env.step(fenced("apis.supervisor.complete_task()"))[2]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the workers run as another user only when agentgym runs as root")
+def test_a_root_the_workers_cannot_read_is_refused_with_the_cause(tmp_path):
+    """pytest's tmp_path is private to root: the env says which path the workers' user cannot read
+    before starting anything (not AppWorld's 'specs file doesn't exist' from inside the worker)."""
+    official = tmp_path / "appworld_root"
+    (official / "data" / "tasks").mkdir(parents=True)
+    (official / "data" / "tasks" / TASK).symlink_to(PATHS.root / "data" / "tasks" / TASK)
+    (official / "data" / "datasets").mkdir()
+    (official / "data" / "datasets" / "dev.txt").write_text(TASK + "\n")
+    with pytest.raises(PermissionError, match=f"user {WORKER_USER}, which cannot read .*{TASK}"):
+        AppWorldEnv(root=official, split="dev")
