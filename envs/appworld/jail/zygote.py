@@ -139,9 +139,10 @@ def main() -> int:
         ctl.send(json.dumps(reply).encode())
 
 
-def _kill_and_wait(pid: int, timeout: float = 5.0) -> bool:
+def _kill_and_wait(pid: int, timeout: float = 3.0) -> bool:
     """SIGKILL an episode and wait until it has exited (its files, ptys and memory released), so
-    the next episode never starts beside what is left of the last one."""
+    the next episode never starts beside what is left of the last one. (The host waits 5 s for the
+    answer before it kills the whole template, so this waits less.)"""
     try:
         handle = os.pidfd_open(pid)
     except ProcessLookupError:
