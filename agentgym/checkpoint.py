@@ -214,8 +214,11 @@ def load_state_file(path: str | Path) -> Any:
 def _legacy_globals() -> list[Any]:
     """What ``torch.load(weights_only=True)`` may build from an older checkpoint's ``*.pt`` files
     besides torch's own safe types: the numpy array of the numpy RNG state, nothing else."""
-    import numpy.core.multiarray as multiarray
-    allowed: list[Any] = [multiarray._reconstruct, np.ndarray, np.dtype]
+    try:
+        from numpy._core.multiarray import _reconstruct  # numpy >= 2
+    except ImportError:
+        from numpy.core.multiarray import _reconstruct
+    allowed: list[Any] = [_reconstruct, np.ndarray, np.dtype]
     allowed += [type(np.dtype(name)) for name in _ARRAY_DTYPES]
     return allowed
 
@@ -226,10 +229,12 @@ def load_legacy_file(path: str | Path) -> Any:
     with torch.serialization.safe_globals(_legacy_globals()):
         try:
             return torch.load(path, weights_only=True, map_location="cpu")
-        except Exception as exc:  # noqa: BLE001 - torch's message is long: keep its first line
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"{path}: written by an older agentgym (pickle format) and not loadable safely: "
-                                  f"{first[:300]}; nothing in it was executed. Resume from a checkpoint written by "
+        except Exception as exc:  # noqa: BLE001 - torch's message is many lines: keep what it refused
+            text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+            found = re.search(r"Unsupported (global|operand)[^.\n]*", text)
+            what = found.group(0) if found else (text.strip().splitlines() or [type(exc).__name__])[0]
+            raise CheckpointError(f"{path}: written by an older agentgym (pickle format) and not loadable safely "
+                                  f"({what[:200]}); nothing in it was executed. Resume from a checkpoint written by "
                                   f"this version, or start the run over") from None
 
 
