@@ -131,11 +131,7 @@ def encode_tree(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
         return float(obj) if math.isfinite(obj) else {_FLOAT: repr(float(obj))}
     if isinstance(obj, torch.Tensor):
         name = str(len(tensors))
-        t = obj.detach().cpu().contiguous()
-        storage = t.untyped_storage().data_ptr()
-        if t.numel() == 0 or any(u.untyped_storage().data_ptr() == storage for u in tensors.values() if u.numel()):
-            t = t.clone()  # safetensors refuses tensors that share memory
-        tensors[name] = t
+        tensors[name] = obj.detach().cpu().contiguous()
         return {_TENSOR: name}
     if isinstance(obj, np.ndarray):
         if obj.dtype.name not in _ARRAY_DTYPES:
@@ -197,6 +193,13 @@ def save_state_file(obj: Any, path: str | Path) -> None:
     from safetensors.torch import save_file
     tensors: dict[str, torch.Tensor] = {}
     tree = encode_tree(obj, tensors)
+    seen: set[int] = set()
+    for name, t in tensors.items():  # safetensors refuses tensors that share memory: copy the repeats
+        ptr = t.untyped_storage().data_ptr()
+        if t.numel() == 0 or ptr in seen:
+            tensors[name] = t.clone()
+        else:
+            seen.add(ptr)
     save_file(tensors, str(path), metadata={_TREE_KEY: json.dumps(tree, allow_nan=False)})
 
 
