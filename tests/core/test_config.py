@@ -154,7 +154,7 @@ def test_the_main_job_default_is_hint_sd_on_bfcl_train_with_reference_hindsight(
 
 @pytest.mark.parametrize("argv, env_kwargs, task_ids, source", [
     ([], {"split": "train"}, ["multi_turn_base_105", "multi_turn_base_146"], "reference_hindsight"),
-    (["--env.id", "agentgym/Echo-v0"], {}, None, "reference_hindsight"),
+    (["--env.id", "agentgym/Echo-v0"], {"reference": True}, None, "reference_hindsight"),  # Echo's references
     (["--learner.name", "serl"], {"split": "train"}, ["multi_turn_base_105", "multi_turn_base_146"], "immediate"),
     (["--env.id", "agentgym/ALFWorld-v0", "--learner.name", "serl"], {}, None, "immediate"),
 ])
@@ -163,8 +163,8 @@ def test_the_demo_preset_keeps_its_env_and_learner_specific_settings_to_its_env_
     from agentgym.train import cli_config
     cfg = cli_config(argv)[0].resolved()
     assert (cfg.env.kwargs, cfg.env.task_ids, cfg.feedback.source) == (env_kwargs, task_ids, source)
-    if "agentgym/ALFWorld-v0" in argv:
-        assert cfg.env.max_steps == 4 and cfg.feedback.selector == "dense"  # the demo's CPU cap
+    if "agentgym/ALFWorld-v0" in argv:  # the env's own 50 steps: the demo's 4-step cap would make its tasks impossible
+        assert cfg.env.max_steps == 50 and cfg.feedback.selector == "dense"
 
 
 def test_paper_presets_reproduce_the_papers_settings_field_by_field():
@@ -211,6 +211,7 @@ def test_the_trainer_applies_the_schedule_to_the_optimizer(tmp_path):
                        "--learner.lr", "0.01", "--train.updates", "3", "--train.lr_schedule", "linear",
                        "--train.warmup_updates", "1", "--env.eval_tasks", "0", "--env.group_size", "2",
                        "--rollout.max_new_tokens", "3", "--train.progress", "false",
+                       "--train.max_no_gradient_fraction", "1",  # the schedule is tested, not learning
                        "--train.run_dir", str(tmp_path)])
     trainer = Trainer(cfg)
     trainer.run()

@@ -205,8 +205,8 @@ def test_the_trainer_rolls_out_in_env_workers(tmp_path):
         "env": {"id": "agentgym/Echo-v0", "kwargs": {}, "tasks_per_update": 2, "group_size": 2, "max_steps": 2,
                 "eval_task_ids": ["a"]},
         "rollout": {"temperature": 1.0, "max_new_tokens": 4},
-        "learner": {"name": "grpo"},
-        "train": {"updates": 1, "progress": False, "deterministic": True}})
+        "learner": {"name": "grpo"},  # the workers are tested, not learning: no gradient does not stop it
+        "train": {"updates": 1, "progress": False, "deterministic": True, "max_no_gradient_fraction": 1.0}})
     Trainer(cfg).run()
     trajs = list(read_trajectories(tmp_path / "trajectories.jsonl"))
     assert {t.phase for t in trajs} == {"train", "eval"}

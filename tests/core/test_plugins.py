@@ -106,7 +106,9 @@ def _check_run(run_dir: Path, learner: str) -> None:
 SMALL = {"model": {"name": "tiny", "lora_r": 4, "lora_alpha": 8},
          "env": {"group_size": 2, "tasks_per_update": 2, "eval_tasks": 2},
          "rollout": {"temperature": 1.0},
-         "train": {"updates": 2, "progress": False, "deterministic": True}}
+         # A GRPO on a random tiny model rarely sees a success (no gradient): the plumbing is tested here
+         # (tests/core/test_no_gradient.py: such runs stop by default).
+         "train": {"updates": 2, "progress": False, "deterministic": True, "max_no_gradient_fraction": 1.0}}
 
 
 def test_plugins_defined_here_train_through_the_python_api(tmp_path):
@@ -126,7 +128,8 @@ def test_plugins_defined_here_train_through_the_cli_by_name(tmp_path):
                "--learner.lr", "1e-3", "--feedback.source", ExpectedAnswer.name,
                "--feedback.selector", HintedSteps.name, "--model.name", "tiny", "--model.lora_r", "4",
                "--env.group_size", "2", "--env.tasks_per_update", "2", "--env.eval_tasks", "2",
-               "--train.updates", "2", "--train.run_dir", str(run), "--train.progress", "false"])
+               "--train.updates", "2", "--train.run_dir", str(run), "--train.progress", "false",
+               "--train.max_no_gradient_fraction", "1"])
     assert rc == 0
     _check_run(run, FirstHalfGRPO.name)
     config = json.loads((run / "config.json").read_text())

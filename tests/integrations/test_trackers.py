@@ -22,7 +22,9 @@ ECHO = {
             "eval_task_ids": ["a", "b"]},
     "rollout": {"temperature": 1.0, "max_new_tokens": 6},
     "learner": {"name": "grpo", "lr": 1e-2},
-    "train": {"updates": 1, "checkpoint_every": 1, "progress": False, "deterministic": True},
+    # the trackers are tested, not learning: an update without gradient does not stop the run
+    "train": {"updates": 1, "checkpoint_every": 1, "progress": False, "deterministic": True,
+              "max_no_gradient_fraction": 1.0},
 }
 
 
