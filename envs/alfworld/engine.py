@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import hashlib
 import random
 import threading
@@ -43,6 +44,8 @@ from textworld.envs.pddl import PddlEnv
 from alfworld.agents.environment.alfred_tw_env import (AlfredDemangler, AlfredExpert, AlfredExpertType,
                                                        AlfredInfos)
 
+from . import planner
+from .planner import PLANNER_LOCK
 from .textcache import install_text_caches
 
 __all__ = ["Engine", "TranslationCache", "install_translation_cache", "uninstall_translation_cache", "trim_interned",
@@ -122,23 +125,43 @@ def uninstall_translation_cache() -> None:
         _pddl_logic.fast_downward = current._module
 
 
+class _SharedPddlEnv(PddlEnv):
+    """TextWorld's ``PddlEnv`` on the process's shared planner (``planner.py``) instead of a private
+    copy of ``libdownward.so`` per env (what leaked: copies are never unmapped)."""
+
+    def __init__(self, infos: Any, lib: planner.PlannerHandle) -> None:
+        textworld.Environment.__init__(self, infos)
+        self.downward_lib = lib
+
+
+def _locked(method):
+    """Run an engine call under the process-wide planner lock (see ``planner``)."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with PLANNER_LOCK:
+            return method(self, *args, **kwargs)
+    return locked
+
+
 class Engine:
     """One ALFWorld game engine, reused across games (``start`` loads a new game into it).
 
-    Each ``PddlEnv`` dlopens its own private copy of ``libdownward.so``; that copy is created once
-    here, and ``close()`` frees its state (``cleanup``). The copy stays mapped until the process
-    exits (see ``close``).
+    Every engine of a process plays on one shared fast-downward library (``planner.py``), and every
+    call runs under ``PLANNER_LOCK``: engines may be used from several threads (each engine by one
+    thread at a time). ``close()`` gives the library back; the last close frees its state.
     """
 
     REQUEST_INFOS = dict(won=True, admissible_commands=True, facts=True, extras=["gamefile", "expert_plan"])
 
+    @_locked
     def __init__(self, text_cache: bool = True) -> None:
         install_translation_cache()
         if text_cache:
             install_text_caches()
         infos = textworld.EnvInfos(**{k: (list(v) if isinstance(v, list) else v)
                                       for k, v in self.REQUEST_INFOS.items()})
-        self._pddl = PddlEnv(infos)
+        self._planner = planner.acquire()
+        self._pddl = _SharedPddlEnv(infos, self._planner)
         env = AlfredDemangler(self._pddl, shuffle=False)
         env = AlfredInfos(env)
         self._env = AlfredExpert(env, expert_type=AlfredExpertType.HANDCODED)
@@ -158,6 +181,7 @@ class Engine:
             random.setstate(outer)
 
     # ------------------------------------------------------------------ game play
+    @_locked
     def start(self, gamefile: str, seed: int = 0) -> dict[str, Any]:
         """Load ``gamefile`` (a ``game.tw-pddl`` next to its ``traj_data.json``) and reset it."""
         self._check_open()
@@ -168,18 +192,21 @@ class Engine:
         self.gamefile = gamefile
         return self.reset(seed)
 
+    @_locked
     def reset(self, seed: int = 0) -> dict[str, Any]:
         self._check_open()
         self._rng_state = random.Random(seed).getstate()
         with self._own_random():
             return self._env.reset()
 
+    @_locked
     def step(self, command: str) -> tuple[dict[str, Any], bool]:
         self._check_open()
         with self._own_random():
             state, _score, done = self._env.step(command)
         return state, bool(state["won"])
 
+    @_locked
     def expert_rollout(self, history: list[str], seed: int, max_steps: int,
                        restore: bool = True) -> tuple[list[str], bool]:
         """The handcoded expert's full plan from the state reached by ``history``.
@@ -209,17 +236,14 @@ class Engine:
             raise RuntimeError("the ALFWorld engine was closed")
 
     def close(self) -> None:
-        """Free fast-downward's state and unmap this engine's private copy of the library."""
-        if self.closed:
-            return
-        self.closed = True
-        lib = getattr(self._pddl, "downward_lib", None)
-        self._pddl._pddl_state = None
-        self._pddl.downward_lib = None
-        self._env = None
-        self._pddl = None
-        if lib is not None:
-            # Free fast-downward's state but keep the library mapped: it registers C++ static
-            # destructors with atexit, and unmapping it (dlclose) makes interpreter exit segfault.
-            lib.cleanup()
-
+        """Give the shared planner back (the last engine's close frees its state); idempotent."""
+        with PLANNER_LOCK:
+            if self.closed:
+                return
+            self.closed = True
+            if self._pddl is not None:
+                self._pddl._pddl_state = None
+                self._pddl.downward_lib = None
+            self._env = None
+            self._pddl = None
+            self._planner.release()
