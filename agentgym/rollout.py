@@ -17,6 +17,10 @@ share a batch, ``max_concurrent``, a resumed run's skipped episodes or the proce
 An env that raises is closed and its episode recorded as truncated with the error; the run goes on.
 With ``workers=N`` (``env.workers``) the envs live in N worker processes (``agentgym.envpool``) and
 generation overlaps their steps; a worker that dies truncates its episodes with the cause.
+In-process envs (``workers=0``) persist across runs too: a healthy env goes back to a process-wide
+shelf keyed by env id and kwargs when its episode ends, and the next run with the same id and kwargs
+(a trainer's next update) resets it instead of building a new one (``keep_envs=False`` closes them
+at the end of the run instead; ``close_idle_envs()`` or interpreter exit closes the shelf).
 A policy that raises (a permanent API error, say) stops the run: finished episodes are already in
 the store.
 
@@ -30,7 +34,10 @@ the store.
 
 from __future__ import annotations
 
+import atexit
 import inspect
+import pickle
+import threading
 import time
 import traceback
 import uuid
@@ -72,7 +79,42 @@ def takes_seeds(policy: Any) -> bool:
 
 
 __all__ = ["failed_at_reset", "request_seed", "takes_seeds", "rollout", "RolloutRunner", "RolloutStats",
-           "EpisodeTokens", "episode_tokens"]
+           "EpisodeTokens", "episode_tokens", "close_idle_envs", "idle_envs"]
+
+# ------------------------------------------------------------------ in-process envs kept between runs
+_SHELF: dict[tuple, list[Any]] = {}  # (env id, pickled sorted kwargs) -> idle envs, ready for a reset
+_SHELF_LOCK = threading.Lock()
+
+
+def _shelf_key(env_id: str, env_kwargs: dict[str, Any]) -> tuple | None:
+    """The shelf key of an env id and kwargs; None for kwargs that cannot be keyed (never shared).
+    The pickle is only compared, never loaded."""
+    try:
+        return (env_id, pickle.dumps(sorted(env_kwargs.items())))
+    except Exception:  # noqa: BLE001 - a callable or a lock in the kwargs: that run builds its own envs
+        return None
+
+
+def idle_envs(env_id: str | None = None) -> int:
+    """How many in-process envs (of ``env_id``, or all) wait on the shelf for the next run."""
+    with _SHELF_LOCK:
+        return sum(len(envs) for key, envs in _SHELF.items() if env_id is None or key[0] == env_id)
+
+
+def close_idle_envs(env_id: str | None = None) -> int:
+    """Close the in-process envs kept between runs (of ``env_id``, or all); returns how many."""
+    with _SHELF_LOCK:
+        keys = [key for key in _SHELF if env_id is None or key[0] == env_id]
+        envs = [env for key in keys for env in _SHELF.pop(key)]
+    for env in envs:
+        try:
+            env.close()
+        except Exception:  # noqa: BLE001 - closing is best effort; the others still close
+            pass
+    return len(envs)
+
+
+atexit.register(close_idle_envs)
 
 _STANDARD_INFO = {"feedback", "messages", "new_messages", "tools", "step", "task"}
 
@@ -133,6 +175,8 @@ class RolloutRunner:
     process-wide pool for this env id, kwargs and N, kept for the next run; or an ``EnvPool`` given
     here), generation overlapping the env steps of other episodes. The trajectories are the same either way for a seeded policy (request seeds
     never depend on batching); a dead worker's episodes are truncated with the cause.
+    ``keep_envs`` (default True): in-process envs outlive the run on the process-wide shelf, so a
+    later run with the same env id and kwargs resets them instead of building new ones.
     """
 
     def __init__(self, policy: Any, env_id: str, tasks: Sequence[dict[str, Any] | None] | int, *,
@@ -140,7 +184,7 @@ class RolloutRunner:
                  seed: int = 0, max_steps: int | None = None, max_episode_seconds: float | None = None,
                  max_concurrent: int = 64, store: str | Path | TrajectoryStore | None = None,
                  resume: bool = False, progress: bool = True, run_id: str | None = None,
-                 workers: "int | Any" = 0):
+                 workers: "int | Any" = 0, keep_envs: bool = True):
         if isinstance(tasks, int):
             tasks = [None] * tasks
         if group_size < 1:
@@ -166,6 +210,7 @@ class RolloutRunner:
         self.store = TrajectoryStore(store) if self._own_store else store
         self.stats = RolloutStats()
         self._idle_envs: list[Any] = []
+        self._shelf_key = _shelf_key(env_id, self.env_kwargs) if keep_envs else None
         self._token_level = bool(getattr(policy, "token_level", False))
         self._takes_seeds = takes_seeds(policy)
         from agentgym.envpool import EnvPool
@@ -183,7 +228,7 @@ class RolloutRunner:
         ep.started = time.perf_counter()
         t0 = time.perf_counter()
         try:
-            ep.env = self._idle_envs.pop() if self._idle_envs else gym.make(self.env_id, **self.env_kwargs)
+            ep.env = self._idle_envs.pop() if self._idle_envs else self._take_env()
             _, info = ep.env.reset(seed=ep.seed, options=dict(ep.options))
         except Exception as exc:  # an env (or its data) failed: record it, go on
             self.stats.env_seconds += time.perf_counter() - t0
@@ -342,14 +387,31 @@ class RolloutRunner:
                     self.pool.close_env(ep.pool_key)
                 elif ep.env is not None:
                     ep.env.close()
-            for env in self._idle_envs:
-                env.close()
-            self._idle_envs.clear()
+            self._shelve_idle_envs()
             self.pool = None  # a shared or given pool stays open for the next run
             if self._own_store:
                 self.store.close()
             self.stats.total_seconds += time.perf_counter() - started
         return sorted(done, key=lambda t: (t.task_index, t.member))
+
+    def _take_env(self) -> Any:
+        """An idle env of an earlier run with the same id and kwargs, else a new one."""
+        if self._shelf_key is not None:
+            with _SHELF_LOCK:
+                shelf = _SHELF.get(self._shelf_key)
+                if shelf:
+                    return shelf.pop()
+        return gym.make(self.env_id, **self.env_kwargs)
+
+    def _shelve_idle_envs(self) -> None:
+        """End of run: the healthy envs wait for the next run (or are closed with keep_envs=False)."""
+        envs, self._idle_envs = self._idle_envs, []
+        if self._shelf_key is not None:
+            with _SHELF_LOCK:
+                _SHELF.setdefault(self._shelf_key, []).extend(envs)
+            return
+        for env in envs:
+            env.close()
 
     def _generate(self, eps: list[_Episode]) -> list[Any]:
         t0 = time.perf_counter()

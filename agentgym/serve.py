@@ -5,7 +5,9 @@ agentgym's own rollout on another machine (``agentgym/Remote-v0`` with ``url=``)
     agentgym serve agentgym/BFCLMultiTurn-v0 --port 8000 --max-sessions 16
     agentgym serve agentgym/WebShop-v0 --env-kwargs '{"data_dir": "/data/webshop"}'
 
-Each WebSocket session gets its own env (see ``agentgym.integrations.openenv_server``). The env is
+Each WebSocket session gets its own env (see ``agentgym.integrations.openenv_server``); an env
+class that declares ``SUPPORTS_CONCURRENT_SESSIONS = False`` has its sessions' env calls run one at a
+time (the start-up line says so). The env is
 built once before the server listens, so missing data or bad constructor arguments are an error
 (exit 2) instead of a server that fails every session. SIGTERM / SIGINT stop it: open sessions are
 told to close, every env still open is closed, and the process exits 0.
@@ -110,13 +112,16 @@ def main(argv: list[str] | None = None) -> int:
               f"this port can open up to {args.max_sessions} {env_id} envs and step them with any action "
               "(see the README's threat model)", file=sys.stderr, flush=True)
 
+    # the env's declaration (SUPPORTS_CONCURRENT_SESSIONS): sessions overlap, or their env calls take turns
+    serial = ", env calls one session at a time" if app.state.agentgym_serial else ""
+
     class _Server(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets=sockets)
             if self.started:
                 port = self.servers[0].sockets[0].getsockname()[1] if self.servers else args.port
                 print(f"agentgym serve: {env_id} on http://{args.host}:{port} "
-                      f"(ws://{args.host}:{port}/ws, max {args.max_sessions} sessions)", flush=True)
+                      f"(ws://{args.host}:{port}/ws, max {args.max_sessions} sessions{serial})", flush=True)
 
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             ws_max_size=args.ws_max_bytes, timeout_graceful_shutdown=10, lifespan="on")

@@ -47,13 +47,21 @@ nested more than ``MAX_MESSAGE_DEPTH`` levels, an integer over ``MAX_INT_BITS`` 
 object, a binary frame - is an error reply and the session goes on; a client that disconnects, even
 mid-step, ends its session without a traceback. The server has no authentication: see the README's
 threat model for ``serve``.
+
+Concurrency is the env's to declare: an env class whose instances share state that is not
+thread-safe sets ``SUPPORTS_CONCURRENT_SESSIONS = False`` (OpenEnv's name; True where it says
+nothing, since every session has its own instance), and the server then still holds up to
+``max_sessions`` sessions but runs their env calls (build, reset, step, close) one at a time
+(``sessions_may_overlap``, ``AgentGymEnvironment(call_lock=...)``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
+import threading
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -76,7 +84,7 @@ from agentgym.integrations.openenv_sessions import (DEFAULT_MAX_BODY_BYTES, IDLE
 from agentgym.types import Feedback, Message, json_safe
 
 __all__ = ["AgentAction", "AgentObservation", "AgentToolObservation", "AgentState", "AgentGymEnvironment",
-           "make_app", "render_tool_calls", "parse_message", "MAX_TOOL_CALLS", "MAX_MESSAGE_DEPTH",
+           "make_app", "render_tool_calls", "parse_message", "sessions_may_overlap", "MAX_TOOL_CALLS", "MAX_MESSAGE_DEPTH",
            "DEFAULT_MAX_BODY_BYTES", "IDLE_CLOSE_CODE"]
 
 log = logging.getLogger(__name__)
@@ -176,15 +184,20 @@ def _dump_feedback(records: list[Any]) -> list[dict[str, Any]]:
 class AgentGymEnvironment(Environment):
     """One session's env: ``gymnasium.make(env_id, **env_kwargs)`` behind OpenEnv's interface."""
 
-    SUPPORTS_CONCURRENT_SESSIONS = True  # one env instance per session, nothing shared
+    # One env instance per session; an env whose instances share unsafe state declares so and its
+    # calls are serialised with ``call_lock`` (see ``sessions_may_overlap``), so sessions still overlap.
+    SUPPORTS_CONCURRENT_SESSIONS = True
 
-    def __init__(self, env_id: str, env_kwargs: dict[str, Any] | None = None, open_envs: _Open | None = None):
+    def __init__(self, env_id: str, env_kwargs: dict[str, Any] | None = None, open_envs: _Open | None = None,
+                 call_lock: Any = None):
         super().__init__()
         self.env_id = env_id
+        self._calls = call_lock if call_lock is not None else contextlib.nullcontext()
         if open_envs is not None:
             open_envs.reserve()  # counted before it is built: a slow build holds its slot
         try:
-            self.env = gym.make(env_id, **dict(env_kwargs or {}))
+            with self._calls:
+                self.env = gym.make(env_id, **dict(env_kwargs or {}))
         except BaseException:
             if open_envs is not None:
                 open_envs.unreserve()
@@ -210,7 +223,8 @@ class AgentGymEnvironment(Environment):
         if options is not None and not isinstance(options, dict):
             raise ValueError(f"options must be an object, got {type(options).__name__}")
         self._done = True
-        text, info = self.env.reset(seed=seed, options=options)
+        with self._calls:
+            text, info = self.env.reset(seed=seed, options=options)
         self._episode_id = episode_id or uuid.uuid4().hex
         self._done, self._steps = False, 0
         messages = list(info.get("messages") or [])
@@ -232,7 +246,8 @@ class AgentGymEnvironment(Environment):
             text = render_tool_calls(calls)
         else:
             text = action.text
-        obs, reward, terminated, truncated, info = self.env.step(text)
+        with self._calls:
+            obs, reward, terminated, truncated, info = self.env.step(text)
         self._steps += 1
         self._done = bool(terminated or truncated)
         new = list(info.get("new_messages") or [])
@@ -280,7 +295,8 @@ class AgentGymEnvironment(Environment):
         if self._open is not None:
             self._open.discard(self)
         try:
-            self.env.close()
+            with self._calls:
+                self.env.close()
         except Exception:  # noqa: BLE001 - closing is best effort; the session is over either way
             log.warning("closing %s failed", self.env_id, exc_info=True)
 
@@ -340,7 +356,8 @@ def make_app(env_id: str, *, env_kwargs: dict[str, Any] | None = None, max_sessi
     if not isinstance(max_sessions, int) or isinstance(max_sessions, bool) or max_sessions < 1:
         raise ValueError(f"max_sessions must be a positive int, got {max_sessions!r}")
     open_envs = _Open(capacity=max_sessions)
-    factory = functools.partial(AgentGymEnvironment, env_id, dict(env_kwargs or {}), open_envs)
+    call_lock = None if sessions_may_overlap(env_id) else threading.RLock()
+    factory = functools.partial(AgentGymEnvironment, env_id, dict(env_kwargs or {}), open_envs, call_lock)
     app = FastAPI(title=f"agentgym {env_id}", version=_version(),
                   description=f"agentgym env {env_id} as an OpenEnv server (see agentgym.integrations.openenv_server)")
     server = _Sessions(factory, AgentAction, AgentObservation, open_envs=open_envs,
@@ -414,15 +431,27 @@ def make_app(env_id: str, *, env_kwargs: dict[str, Any] | None = None, max_sessi
 
     app.state.agentgym_open = open_envs
     app.state.agentgym_server = server
+    app.state.agentgym_serial = call_lock is not None
     return app
+
+
+def _env_class(env_id: str) -> Any:
+    """The registered class (or creator) of ``env_id``, without building an env; None if unresolvable."""
+    entry = gym.spec(env_id).entry_point
+    try:
+        return entry if callable(entry) else gym.envs.registration.load_env_creator(entry)
+    except Exception:  # noqa: BLE001 - a name the registry resolves only when building
+        return None
+
+
+def sessions_may_overlap(env_id: str) -> bool:
+    """Whether ``env_id``'s sessions may run env calls at the same time in one process: its class's
+    ``SUPPORTS_CONCURRENT_SESSIONS`` (True where the class says nothing)."""
+    return bool(getattr(_env_class(env_id), "SUPPORTS_CONCURRENT_SESSIONS", True))
 
 
 def _metadata(env_id: str) -> EnvironmentMetadata:
     """The env's metadata from its registered class, without building one."""
-    entry = gym.spec(env_id).entry_point
-    try:
-        cls = entry if callable(entry) else gym.envs.registration.load_env_creator(entry)
-    except Exception:  # noqa: BLE001 - a name the registry resolves only when building
-        cls = None
+    cls = _env_class(env_id)
     doc = ((getattr(cls, "__doc__", None) or "").strip().splitlines() or [env_id])[0]
     return EnvironmentMetadata(name=env_id, description=doc, version=_version())
