@@ -506,7 +506,7 @@ class EchoEnv(AgentEnv):
 
     def _step(self, action: str) -> EnvReply:
         said = action.strip().lower()
-        reference = [Feedback(kind=FeedbackKind.REFERENCE, step=0, text=f"The answer is: {self._word}",
+        reference = [Feedback(kind=FeedbackKind.REFERENCE, step=0, text=self._word,
                               payload={"next_command": self._word, "plan": [self._word],
                                        "plan_scope": "episode_start"})] if self.reference else []
         if said == self._word:

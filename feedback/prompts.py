@@ -98,7 +98,7 @@ class Prompts:
     successful_sibling: str = ("Another attempt at the same task succeeded (reward {reward:g}). "
                                "Its actions were:\n{text}")
     # fields: text
-    reference: str = "Reference solution: {text}"
+    reference: str = "Reference solution:\n{text}"
     # fields: turn, expected, actual
     # (``actual``, the failed action, is offered but not used by default: a teacher copies what it is shown)
     # (``expected`` is what the agent should write there: BFCL's remaining calls as a call list)

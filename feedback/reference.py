@@ -182,11 +182,29 @@ class NextCommandRule(DivergenceRule):
         return None
 
 
+class ReferenceActionRule(DivergenceRule):
+    """Payload ``{"reference_action"}`` (one acceptable action for the step, e.g. BFCL single-turn's
+    call list): the first such step whose reward is below 1 diverges (the env graded it wrong)."""
+
+    name = "reference_action"
+
+    def applies(self, payload):
+        return isinstance(payload.get("reference_action"), str)
+
+    def find(self, trajectory):
+        for step in trajectory.steps:
+            ref = reference_of(step)
+            if ref is not None and self.applies(ref.payload) and step.reward < 1.0:
+                return Divergence(step.index, ref.payload["reference_action"], step.action_text[:200], self.name, {})
+        return None
+
+
 # Checked in order; the first rule that applies to a trajectory's first reference payload is used.
 DIVERGENCE_RULES: dict[str, Callable[[], DivergenceRule]] = {
     "bfcl": BFCLRule,
     "webshop": WebShopRule,
     "next_command": NextCommandRule,
+    "reference_action": ReferenceActionRule,
 }
 
 

@@ -15,6 +15,7 @@ import base64
 import datetime as _dt
 import hashlib
 import json
+import math
 import re
 from html import escape
 from typing import Any, Sequence
@@ -81,6 +82,18 @@ def _effect_text(effect: Any) -> str:
             f"{_num(d.get('n'))} tasks)")
 
 
+def _signal_text(signal: Any) -> str:
+    """'teacher_gain +0.6 (prefers the reference on 87 % of N targeted steps)' of a summary's
+    ``teacher_signal`` (a negative gain: the teacher moves the model away from the reference)."""
+    if not isinstance(signal, dict) or not isinstance(signal.get("teacher_gain"), (int, float)):
+        return "n/a (no targeted step with a reference action)"
+    prefers = signal.get("teacher_prefers_reference")
+    share = f"{prefers:.0%}" if isinstance(prefers, (int, float)) and math.isfinite(prefers) else "n/a"
+    verdict = "" if signal["teacher_gain"] > 0 else " — the teacher does NOT prefer the reference"
+    return (f"teacher_gain {_num(signal['teacher_gain'])} (prefers the reference on {share} of "
+            f"{_num(signal.get('targets'))} targeted steps){verdict}")
+
+
 def _summary_card(run: RunData) -> str:
     s, trajs = run.summary, run.trajs
     env = s.get("env_id") or next((t["env"] for t in trajs if t["env"]), "n/a")
@@ -93,6 +106,7 @@ def _summary_card(run: RunData) -> str:
         ("trajectories", f"{len(trajs)} ({n_ok} successful, {sum(1 for t in trajs if t['tgt'])} with learner targets)"),
         ("hindsight source", s.get("hindsight_source") or "n/a"),
         ("held-out reference log-prob", _effect_text(s.get("effect"))),
+        ("teacher signal", _signal_text(s.get("teacher_signal"))),
         ("target spans", run.offsets),
         ("folder", run.path),
     ]

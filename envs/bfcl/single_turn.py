@@ -90,6 +90,38 @@ def grade_single_turn(entry: dict[str, Any], calls: list[dict[str, dict[str, Any
             "error_message": "; ".join(map(str, errors)) if isinstance(errors, list) else str(errors)}
 
 
+def reference_call(ground_truth: Any) -> str | None:
+    """One acceptable answer of a single-turn entry as a Python call list: each parameter takes its
+    first acceptable value, and a parameter whose only acceptable value is "" (may be omitted) is
+    left out. None for a shape it does not know (relevance entries have no ground truth).
+
+    >>> reference_call([{"calculate_triangle_area": {"base": [10], "height": [5], "unit": ["units", ""]}}])
+    "[calculate_triangle_area(base=10, height=5, unit='units')]"
+    >>> reference_call([{"math.hypot": {"x": [4], "y": [5], "z": ["", 0]}}])
+    '[math.hypot(x=4, y=5, z=0)]'
+    """
+    if not isinstance(ground_truth, list) or not ground_truth:
+        return None
+    calls = []
+    for call in ground_truth:
+        if not isinstance(call, dict) or len(call) != 1:
+            return None
+        [(name, params)] = call.items()
+        if not isinstance(params, dict):
+            return None
+        args = []
+        for key, values in params.items():
+            if not isinstance(values, list):
+                return None
+            given = [v for v in values if v != ""]
+            if given:
+                args.append(f"{key}={given[0]!r}")
+            elif "" not in values:
+                return None
+        calls.append(f"{name}({', '.join(args)})")
+    return "[" + ", ".join(calls) + "]"
+
+
 class BFCLSingleTurnEnv(AgentEnv):
     """One BFCL single-turn entry per episode; one step; reward 1.0 when the official checker agrees.
 
@@ -101,7 +133,8 @@ class BFCLSingleTurnEnv(AgentEnv):
     default_max_steps = 1
     # One category pool: evaluation tasks are held out of it. Headline: BFCL's AST accuracy (%) per category.
     defaults = EnvDefaults(max_new_tokens=256, category_field="category",
-                           headline=lambda rows: category_accuracy(rows, "accuracy"))
+                           headline=lambda rows: category_accuracy(rows, "accuracy"),
+                           reference_action=lambda payload: payload.get("reference_action"))
 
     def tasks(self) -> list[dict[str, Any]]:
         return [{"task_id": t} for t in self.ids]
@@ -143,9 +176,13 @@ class BFCLSingleTurnEnv(AgentEnv):
             calls = []  # the official decoder fails the whole reply on any undecodable part
         verdict = grade_single_turn(self.entry, calls, self.category)
         if self.entry.get("ground_truth") is not None:
+            reference = {"ground_truth": self.entry["ground_truth"]}
+            call = reference_call(self.entry["ground_truth"])
+            if call is not None:  # one acceptable answer, as the call list a reply is written in
+                reference["reference_action"] = call
             feedback.append(Feedback(kind=FeedbackKind.REFERENCE, step=0,
                                      text="Acceptable answers: " + json.dumps(self.entry["ground_truth"]),
-                                     payload={"ground_truth": self.entry["ground_truth"]}))
+                                     payload=reference))
         feedback.append(Feedback(kind=FeedbackKind.OUTCOME, step=0,
                                  text="correct" if verdict["valid"] else f"incorrect: {verdict['error_message']}",
                                  payload={"verdict": verdict}))

@@ -229,6 +229,11 @@ def test_a_run_whose_teacher_prefers_the_wrong_action_warns_once_with_the_number
     assert len(fired) == 1 and "<= 0" in str(fired[0].message) and "quotes the failed attempt" in str(fired[0].message)
     assert summary["teacher_signal"]["teacher_gain"] < 0 and summary["teacher_signal"]["teacher_prefers_reference"] == 0
     assert any("teacher_gain" in n for n in summary["notes"])
+    from agentgym.report import build_report
+    page = (tmp_path / "report.html")
+    build_report(str(tmp_path / "run"), str(page))
+    html = page.read_text()
+    assert "teacher signal" in html and "does NOT prefer the reference" in html and "teacher_gain" in html
 
 
 def test_diagnose_prints_the_signal_of_each_source_and_learner(tmp_path):
