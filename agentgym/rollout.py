@@ -374,6 +374,7 @@ class RolloutRunner:
             if f"{i}:{g}" not in self._done_keys)
         done: list[Trajectory] = []
         live: list[_Episode] = []
+        self._steps_at_start = self.stats.steps
         bar = tqdm(total=len(pending), disable=not self.progress, desc=self.env_id, unit="ep")
         try:
             if self.workers:
@@ -439,8 +440,12 @@ class RolloutRunner:
             bar.update(1)
 
     def _postfix(self, bar: Any, done: list[Trajectory], live: int) -> None:
+        """Shown after every batch of env steps, so the bar moves while episodes run: its count is
+        finished episodes, ``steps`` the env steps taken so far in this run."""
+        shown: dict[str, Any] = {"steps": self.stats.steps - self._steps_at_start, "live": live}
         if done:
-            bar.set_postfix(live=live, reward=f"{sum(t.final_reward for t in done) / len(done):.3f}")
+            shown["reward"] = f"{sum(t.final_reward for t in done) / len(done):.3f}"
+        bar.set_postfix(shown)  # refreshes the line now (set_postfix's refresh=True)
 
     def _run_local(self, pending: deque, done: list[Trajectory], live: list[_Episode], bar: Any) -> None:
         """Envs in this process: generate for every live episode, then step each."""
