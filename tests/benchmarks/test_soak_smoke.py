@@ -1,0 +1,32 @@
+"""``benchmarks/soak.py --smoke``: Echo in-process, with env workers and served, in seconds; every row
+finishes its episodes without an env error, and the table and the per-chunk JSON say what was held."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_soak_smoke_runs_every_mode_and_reports_what_the_process_holds(tmp_path):
+    pytest.importorskip("openenv.core", reason="the served row needs openenv-core (setup.sh installs it)")
+    out = tmp_path / "soak.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "soak.py"), "--smoke", "--json", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert [(r["env"], r["mode"]) for r in rows] == [("echo", "inproc"), ("echo", "workers"), ("echo", "served")]
+    for row in rows:
+        last = row["chunks"][-1]
+        assert last["episodes"] == 30 and last["errors"] == 0 and len(row["chunks"]) == 3
+        assert last["rss_mb"] > 20 and last["fds"] > 0 and last["threads"] >= 1 and row["slope"] is not None
+        assert last["held_mb"] < 1.0  # no deleted file of any size stays mapped (a 4 kB semaphore may)
+    children = {r["mode"]: r["chunks"][-1]["children"] for r in rows}
+    assert children["inproc"] == 0 and children["workers"] >= 2 and children["served"] >= 1
+    table = proc.stdout[proc.stdout.index("# soak"):]
+    assert all(f"echo        {mode}" in table for mode in ("inproc", "workers", "served")), table
