@@ -447,8 +447,9 @@ def _policy(cfg: Any, settings: EvalSettings) -> tuple[Any, Any, str, str]:
     """(policy, tokenizer or None, model display name, what weights)."""
     if settings.model is not None and settings.model.startswith("openai:"):
         from agentgym.agents.openai_policy import openai_policy_from_spec
-        return (openai_policy_from_spec(settings.model, base_url=settings.base_url, api_key_env=settings.api_key_env),
-                None, settings.model, f"served by {settings.base_url}")
+        policy = openai_policy_from_spec(settings.model, base_url=settings.base_url, api_key_env=settings.api_key_env)
+        policy.check_server()  # a wrong --base-url stops here in one line, not after every retry
+        return policy, None, settings.model, f"served by {settings.base_url}"
     import torch
 
     from agentgym.agents import TransformersPolicy
@@ -629,6 +630,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     [--samples K] [--tasks N|all] [--task-ids a,b] [--split NAME] [--name NAME] [--section.key VALUE ...]``
     evaluates a policy on an env's evaluation tasks and writes ``evals/<name>/``;
     ``agentgym eval --compare EVAL EVAL ...`` prints their table."""
+    from agentgym.agents.base import PolicyError
     from agentgym.config import ConfigError
     from agentgym.errors import CheckpointError
     from agentgym.plugins import UnknownPluginError
@@ -673,7 +675,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     except (ConfigError, UnknownPluginError, ValueError) as exc:
         print(f"agentgym eval: {exc}", file=sys.stderr)
         return 2
-    except (TrainingError, CheckpointError) as exc:
+    except (TrainingError, CheckpointError, PolicyError) as exc:  # PolicyError: e.g. an unreachable server
         print(f"agentgym eval: {exc}", file=sys.stderr)
         return 1
     print(json.dumps({**{k: summary[k] for k in ("name", "env_id", "model", "weights", "seeds", "samples",

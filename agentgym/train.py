@@ -41,6 +41,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from agentgym.config import (DISABLED, FROM_PYTHON, ConfigError, LearnerConfig, RunConfig, config_hash, help_text, load_config,
                              parse_overrides, validate_config, _merge, _read_file)
+from agentgym.agents.base import PolicyError
 from agentgym.errors import CheckpointError
 from agentgym.faults import crash_point
 from agentgym.rollout import failed_at_reset
@@ -393,6 +394,8 @@ class Trainer:
             needs_policy = any(SOURCES.get(n).needs_policy for n in names)
             teacher = given["teacher"] or (TEACHERS.get(cfg.teacher)(cfg, self.policy, self.learner)
                                            if needs_policy else None)
+            if not given["teacher"] and callable(getattr(teacher, "check_server", None)):
+                teacher.check_server()  # an unreachable feedback.api_base_url stops the run at its start
             source = make_source(cfg.source, policy=teacher, options=cfg.options(), prompts=self.prompts)
         if selector is None and cfg.selector != DISABLED:
             selector = SELECTORS.get(cfg.selector).from_config(
@@ -864,7 +867,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = trainer.run()
     except (ConfigError, UnknownPluginError, ValueError) as exc:
         return _fail("train", exc, 2)
-    except (TrainingError, CheckpointError) as exc:  # the run cannot go on; the run folder says how far it got
+    except (TrainingError, CheckpointError, PolicyError) as exc:  # the run cannot go on; the run folder says how far it got
         return _fail("train", exc, 1)
     if trainer.is_main:
         print(json.dumps({**summary, "run_dir": str(trainer.run_dir),

@@ -50,7 +50,7 @@ from typing import Any, Sequence
 
 from agentgym.agents.base import Conversation, Generation, Policy, PolicyError, SamplingParams, as_chat, per_conversation
 from agentgym.agents.transport import (DEFAULT_MAX_RESPONSE_BYTES, deadline_client, header_seconds, request_deadline,
-                                       retry_after_seconds, too_large)
+                                       retry_after_seconds, too_large, ServerError)
 from agentgym.types import ToolCall
 
 __all__ = ["OpenAIPolicy", "APIRetryError", "DeadlineExceeded", "TransportError", "MalformedResponseError",
@@ -400,6 +400,29 @@ class OpenAIPolicy(Policy):
             return ToolCall(name=name, arguments=args, id=call_id)
         except Exception as exc:  # pydantic: arguments that are not JSON values
             raise bad(f"{where}: not a valid tool call: {exc}") from None
+
+    def check_server(self, timeout: float = 10.0) -> None:
+        """Raise a one-line ``ServerError`` when nothing answers at the base URL: the connection is
+        refused, the host is unknown or no connection opens within ``timeout`` seconds (at most the
+        request deadline). Any HTTP answer passes, an error status included (a server that does not
+        serve ``/models`` or wants another key is there: the requests themselves say what is wrong).
+        ``agentgym eval --model openai:NAME`` and the ``openai`` teacher call it before the first
+        episode, so a wrong ``--base-url`` stops the run at once instead of after every retry."""
+        import httpx2
+        import openai
+
+        with request_deadline(min(self.timeout, timeout), self.max_response_bytes):
+            try:
+                self.client.models.list()
+            except openai.APIConnectionError as exc:
+                cause = exc.__cause__ or exc.__context__
+                if isinstance(cause, (httpx2.ConnectError, httpx2.ConnectTimeout)):
+                    detail = f"{type(cause).__name__}: {cause}"
+                    raise ServerError(f"cannot reach the OpenAI-compatible server at {self.client.base_url} "
+                                      f"({detail}); is it running, and is the base URL right?",
+                                      transient=True) from None
+            except openai.APIError:  # it answered: an error status or a body that is not a model list
+                pass
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
