@@ -82,6 +82,15 @@ def _effect_text(effect: Any) -> str:
             f"{_num(d.get('n'))} tasks)")
 
 
+def _trained_text(summary: dict[str, Any]) -> str:
+    """'before -> after (change)' of the reference log-prob of the first task trained on (in-sample:
+    summary ``trained_reference_logprob_before`` / ``_after``), the trained-task effect."""
+    before, after = summary.get("trained_reference_logprob_before"), summary.get("trained_reference_logprob_after")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (before, after)):
+        return "n/a"
+    return f"{_num(before)} → {_num(after)} (change {after - before:+.3g}; the first task trained on, in-sample)"
+
+
 def _signal_text(signal: Any) -> str:
     """'teacher_gain +0.6 (prefers the reference on 87 % of N targeted steps)' of a summary's
     ``teacher_signal`` (a negative gain: the teacher moves the model away from the reference)."""
@@ -106,6 +115,7 @@ def _summary_card(run: RunData) -> str:
         ("trajectories", f"{len(trajs)} ({n_ok} successful, {sum(1 for t in trajs if t['tgt'])} with learner targets)"),
         ("hindsight source", s.get("hindsight_source") or "n/a"),
         ("held-out reference log-prob", _effect_text(s.get("effect"))),
+        ("trained-task reference log-prob", _trained_text(s)),
         ("teacher signal", _signal_text(s.get("teacher_signal"))),
         ("target spans", run.offsets),
         ("folder", run.path),

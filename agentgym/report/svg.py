@@ -20,6 +20,8 @@ __all__ = ["Series", "line_chart", "metric_series", "plottable", "CURVE_METRICS"
 CURVE_METRICS = ("success_rate", "reward_mean", "reference_logprob", "loss", "distilled_token_fraction", "teacher_calls")
 # Evaluation records carry a 95 % interval (over tasks) for these: drawn as a band around the curve.
 BANDS = {"success_rate": ("success_low", "success_high"), "reward_mean": ("reward_low", "reward_high")}
+# ... and the per-task values of these, from which the report computes the interval (over tasks).
+PER_TASK = {"reference_logprob": "reference_logprobs"}
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 
@@ -80,6 +82,34 @@ def _ticks(lo: float, hi: float, n: int = 4) -> list[float]:
     return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
 
 
+def _tick_labels(ticks: Sequence[float]) -> list[str]:
+    """Labels of the ticks, with as many significant digits as it takes to tell them apart (a narrow
+    range such as -3.214..-3.206 needs four: -3.212, -3.21, -3.208, not -3.21 three times).
+
+    >>> _tick_labels([-3.212, -3.21, -3.208]), _tick_labels([0.0, 0.5, 1.0])
+    (['-3.212', '-3.21', '-3.208'], ['0', '0.5', '1'])
+    """
+    labels = [_fmt(t) for t in ticks]
+    for digits in range(3, 16):
+        if len(set(labels)) == len(labels):
+            break
+        labels = [_fmt(t) if t == 0 else f"{t:.{digits}g}" for t in ticks]
+    return labels
+
+
+def _band_of(values: Any) -> tuple[float, float] | None:
+    """The 95 % interval (Student's t, over tasks) of the mean of a record's per-task values
+    ``{task: value}``, when at least two of them are plottable numbers; None otherwise."""
+    if not isinstance(values, dict):
+        return None
+    xs = [y for y in map(plottable, list(values.values())[:100_000]) if y is not None]
+    if len(xs) < 2:
+        return None
+    from agentgym.evaluation import estimate
+    e = estimate(xs, over="tasks")
+    return (e.low, e.high) if plottable(e.low) is not None and plottable(e.high) is not None else None
+
+
 def line_chart(title: str, series: Sequence[Series], *, width: int = 340, height: int = 190) -> str:
     """One chart: x = policy update, y = the metric; a point per logged value with a tooltip."""
     left, right, top, bottom = 46, 10, 24, 30
@@ -113,9 +143,10 @@ def line_chart(title: str, series: Sequence[Series], *, width: int = 340, height
         return top + (1 - (y - y0) / (y1 - y0)) * ph
 
     parts = [head, f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" class="pa"/>']
-    for t in _ticks(y0, y1):
+    yticks = _ticks(y0, y1)
+    for t, label in zip(yticks, _tick_labels(yticks)):
         parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" class="gr"/>'
-                     f'<text x="{left - 4}" y="{sy(t) + 3:.1f}" text-anchor="end" class="tk">{_fmt(t)}</text>')
+                     f'<text x="{left - 4}" y="{sy(t) + 3:.1f}" text-anchor="end" class="tk">{label}</text>')
     for t in _ticks(x0, x1, 5):
         if abs(t - round(t)) < 1e-9:
             parts.append(f'<text x="{sx(t):.1f}" y="{top + ph + 13}" text-anchor="middle" class="tk">{int(round(t))}</text>')
@@ -179,8 +210,10 @@ def metric_series(runs: Sequence[tuple[str, list[dict[str, Any]]]], metric: str)
                 label = f"{name} {phase}" if len(runs) > 1 else phase
                 low, high = BANDS.get(metric, ("", ""))
                 band = sorted((x, lo, hi) for row in rows if phase == "eval" and row.get("phase") == phase
-                              for x, lo, hi in [(plottable(row.get("update")), plottable(row.get(low)),
-                                                 plottable(row.get(high)))]
+                              for x, (lo, hi) in [(plottable(row.get("update")),
+                                                   (_band_of(row.get(PER_TASK[metric])) or (None, None))
+                                                   if metric in PER_TASK
+                                                   else (plottable(row.get(low)), plottable(row.get(high))))]
                               if x is not None and lo is not None and hi is not None)
                 out.append(Series(label, sorted(pts), PALETTE[r % len(PALETTE)], dashed=phase == "eval", band=band,
                                   unplotted=unplotted))
