@@ -20,6 +20,15 @@ Two modes:
   ``appworld.evaluator.evaluate_task`` over the end state the apps worker saved on disk.
 
 The server is single-threaded: AppWorld freezes the clock of the process that opens a world.
+
+Memory over many worlds: AppWorld builds a new IPython ``InteractiveShellEmbed`` for every world,
+and IPython never lets a shell go (each registers ``atexit_operations`` with ``atexit`` and hooks of
+its own), so every world's shell - and through its namespace the world's ``apis``, requester and
+model collections - stayed alive: the apps worker grew ~0.9 MB per episode (262 -> 450 MB over ~200
+episodes). ``share_one_shell`` makes AppWorld use IPython's own process-wide instance
+(``InteractiveShellEmbed.instance``), and ``Worker.close`` resets its namespace, so nothing of a
+closed world stays: measured flat, 252.4 -> 253.1 MB over 50 worlds after warm-up (~0.015 MB per
+episode). The worker never runs code in that shell (model code runs in the sandbox).
 """
 
 from __future__ import annotations
@@ -99,6 +108,23 @@ def confine_syscalls() -> None:
 
 _BUILTIN_ERRORS = {"Exception", "ValueError", "TypeError", "KeyError", "IndexError", "AttributeError"}
 _TABLE = re.compile(r'^\s*(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+"?(\w+)"?', re.IGNORECASE)
+
+
+def share_one_shell() -> None:
+    """Make every AppWorld world of this process use one IPython shell (see the module docstring)."""
+    import appworld.environment as environment
+    from IPython.terminal.embed import InteractiveShellEmbed
+
+    if getattr(environment.InteractiveShellEmbed, "agentgym_shared", False):
+        return
+
+    def one_shell(config=None, **kwargs):
+        # instance() builds the shell once (with the first world's config: history off) and returns
+        # it to every later world
+        return InteractiveShellEmbed.instance(config=config, **kwargs)
+
+    one_shell.agentgym_shared = True
+    environment.InteractiveShellEmbed = one_shell
 
 
 class Worker:
@@ -183,6 +209,7 @@ class Worker:
 
     def close(self) -> dict:
         if self.world is not None:
+            shell = getattr(self.world, "shell", None)
             try:
                 self.world.close()
             finally:
@@ -190,6 +217,8 @@ class Worker:
                 from appworld.apps.api_lib import clear_local_dbs_cache
 
                 clear_local_dbs_cache()
+                if shell is not None:  # the shared shell keeps nothing of the closed world
+                    shell.reset(new_session=False)
         return {"closed": True}
 
     # ----------------------------------------------------------- grade mode
@@ -305,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     # Import AppWorld (and warm it up) before limits and the guard are in force.
     import appworld.environment  # noqa: F401
     import appworld.evaluator  # noqa: F401
+
+    share_one_shell()
     from appworld.apps import get_all_apps
     from appworld.common.utils import import_apis_module, import_models_module
 
