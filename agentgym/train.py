@@ -93,8 +93,9 @@ PRESETS: dict[str, Preset] = {
             # Checkpointing halves the peak memory (11.8 -> 5.5 GB) for ~1.2x the time per update.
             "model": {"name": "auto", "lora_r": 8, "lora_alpha": 16, "gradient_checkpointing": True},
             # CPU-sized episodes on any env: at most 4 steps of at most 48 tokens (the env's own limits
-            # and action lengths are what the paper presets and your configs get).
-            "env": {"id": "agentgym/BFCLMultiTurn-v0", "tasks_per_update": 1, "group_size": 2, "eval_tasks": 1,
+            # and action lengths are what the paper presets and your configs get). Four held-out tasks
+            # give every env's evaluations an interval over tasks (BFCL multi-turn: its DEMO_EVAL_TASKS).
+            "env": {"id": "agentgym/BFCLMultiTurn-v0", "tasks_per_update": 1, "group_size": 2, "eval_tasks": 4,
                     "max_steps": 4},
             "rollout": {"temperature": 1.0, "eval_temperature": 0.0, "max_new_tokens": 48},
             # The hint as the teacher's user turn, bare: measured with `agentgym diagnose` on SmolLM2-135M
