@@ -10,7 +10,11 @@ minus under the student context), the fraction of steps where it is positive, an
 A source whose gain is <= 0 would teach the model to move away from the reference.
 
     agentgym diagnose --env.id agentgym/Echo-v0 --env.kwargs '{"reference": true}' \\
-        --sources reference_hindsight,reference,immediate --learners hint_sd,serl
+        --sources reference_hindsight,reference,immediate --learners hint_sd,serl \\
+        --wordings '{"paper": {}, "bare": {"teacher_hint": "{hint}"}}'
+
+``--wordings`` compares prompt sets (name -> ``[feedback.prompts]`` overrides, on top of the run's) on
+the same rollouts.
 
 Every run setting (``--section.key VALUE``, ``--config FILE``, ``--preset``) is read as
 ``agentgym train`` reads it; ``--feedback.prompts.<name> TEXT`` tries other wording.
@@ -33,6 +37,7 @@ class SignalRow:
     model: str
     source: str
     selector: str
+    wording: str
     learner: str
     context: str  # the learner's teacher-context kind
     targets: int  # targeted steps that got a teacher context
@@ -47,6 +52,7 @@ class SignalRow:
 
     def as_dict(self) -> dict[str, Any]:
         return {"env": self.env, "model": self.model, "source": self.source, "selector": self.selector,
+                "wording": self.wording,
                 "learner": self.learner, "context": self.context, "targets": self.targets, "scored": self.scored,
                 "teacher_gain": self.gain,
                 "teacher_gain_std": statistics.stdev(self.gains) if len(self.gains) > 1 else None,
@@ -65,43 +71,51 @@ def _selector_for(source: Any, name: str, learner_cls: Any, configured: str | No
     return SELECTORS.get(chosen).from_config(None, include_successful=learner_cls.feeds_successful), chosen
 
 
-def diagnose(trainer: Any, sources: Sequence[str], learners: Sequence[str]) -> list[SignalRow]:
+def diagnose(trainer: Any, sources: Sequence[str], learners: Sequence[str],
+             wordings: dict[str, dict[str, str]] | None = None) -> list[SignalRow]:
     """Roll out one training batch with ``trainer``'s (untrained) policy and measure the teacher
-    signal of every source x learner on it."""
-    from agentgym.feedback import make_source
-    from agentgym.learners import Batch
-    from agentgym.learners.signal import step_references, teacher_signal
-    from agentgym.plugins import LEARNERS, SOURCES, TEACHERS
+    signal of every wording x learner x source on it (``wordings``: name -> prompt overrides on
+    top of the run's; default: the run's own)."""
+    from agentgym.feedback.prompts import Prompts
+    from agentgym.learners.signal import step_references
+    from agentgym.plugins import LEARNERS
     cfg = trainer.config
     trajs = trainer.rollout(trainer.tasks_for(0), 0, "train", cfg.env.group_size, trainer.env_kwargs("train"))
     references = step_references(trajs, trainer._reference_reader, trainer.tokenizer)
     rows = []
-    for lname in learners:
-        cls = LEARNERS.get(lname)
-        if not cls.uses_teacher:
-            continue
-        # The trainer's own model: the teacher weights start as a copy of the student's.
-        learner = cls(settings={}).bind(trainer.learner.unwrapped, trainer.tokenizer, prompts=trainer.prompts)
-        for sname in sources:
-            teacher = TEACHERS.get(cfg.feedback.teacher)(cfg.feedback, trainer.policy, learner) \
-                if any(SOURCES.get(n).needs_policy for n in sname.split("+")) else None
-            source = make_source(sname, policy=teacher, options=cfg.feedback.options(), prompts=trainer.prompts)
-            selector, selector_name = _selector_for(source, sname, cls, cfg.feedback.selector
-                                                    if cfg.feedback.source == sname else None)
-            feedback = source.annotate(trajs)
-            targets = [selector(t, f) for t, f in zip(trajs, feedback)]
-            samples, _ = Batch(trajs, targets, references=references).samples()
-            learner.stats.clear()
-            hinted = [learner.with_teacher_context(s, s.target.hint) for s in samples
-                      if s.target is not None and s.target.hint
-                      and (cls.feeds_successful or not trajs[s.traj].success)]
-            hinted = [s for s in hinted if s.teacher_context is not None]
-            signal = teacher_signal(learner, hinted)
-            rows.append(SignalRow(cfg.env.id, trainer.model_name, sname, selector_name, lname,
-                                  cls.teacher_context_kind.__name__, len(hinted), len(signal.teacher),
-                                  [t - s for t, s in zip(signal.teacher, signal.student)], signal.teacher,
-                                  signal.student))
+    for wording, overrides in (wordings or {"run": {}}).items():
+        prompts = Prompts.from_overrides(overrides, base=trainer.prompts)
+        for lname in learners:
+            cls = LEARNERS.get(lname)
+            if cls.uses_teacher:
+                # The trainer's own model: the teacher weights start as a copy of the student's.
+                learner = cls(settings={}).bind(trainer.learner.unwrapped, trainer.tokenizer, prompts=prompts)
+                rows += [_measure(trainer, learner, trajs, references, name, wording, prompts) for name in sources]
     return rows
+
+
+def _measure(trainer: Any, learner: Any, trajs: Sequence[Any], references: dict, source_name: str, wording: str,
+             prompts: Any) -> SignalRow:
+    """The teacher signal of one source (and its selector) under one learner's teacher context."""
+    from agentgym.feedback import make_source
+    from agentgym.learners import Batch
+    from agentgym.learners.signal import teacher_signal
+    from agentgym.plugins import SOURCES, TEACHERS
+    cfg, cls = trainer.config, type(learner)
+    teacher = TEACHERS.get(cfg.feedback.teacher)(cfg.feedback, trainer.policy, learner) \
+        if any(SOURCES.get(n).needs_policy for n in source_name.split("+")) else None
+    source = make_source(source_name, policy=teacher, options=cfg.feedback.options(), prompts=prompts)
+    selector, selector_name = _selector_for(source, source_name, cls,
+                                            cfg.feedback.selector if cfg.feedback.source == source_name else None)
+    targets = [selector(t, f) for t, f in zip(trajs, source.annotate(trajs))]
+    samples, _ = Batch(list(trajs), targets, references=references).samples()
+    hinted = [learner.with_teacher_context(s, s.target.hint) for s in samples
+              if s.target is not None and s.target.hint and (cls.feeds_successful or not trajs[s.traj].success)]
+    hinted = [s for s in hinted if s.teacher_context is not None]
+    signal = teacher_signal(learner, hinted)
+    return SignalRow(cfg.env.id, trainer.model_name, source_name, selector_name, wording, learner.name,
+                     cls.teacher_context_kind.__name__, len(hinted), len(signal.teacher),
+                     [t - s for t, s in zip(signal.teacher, signal.student)], signal.teacher, signal.student)
 
 
 def _f(v: float | None, fmt: str = "{:+.3f}") -> str:
@@ -109,13 +123,13 @@ def _f(v: float | None, fmt: str = "{:+.3f}") -> str:
 
 
 def format_table(rows: Sequence[SignalRow]) -> str:
-    lines = ["| env | model | source -> selector | learner (teacher context) | targets (with reference) | "
+    lines = ["| env | model | wording | source -> selector | learner (teacher context) | targets (with reference) | "
              "teacher_gain ± std | teacher prefers reference | ref log-prob student -> teacher |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         d = r.as_dict()
         gain = _f(d["teacher_gain"]) + (f" ± {d['teacher_gain_std']:.3f}" if d["teacher_gain_std"] is not None else "")
-        lines.append(f"| {r.env} | {r.model} | {r.source} -> {r.selector} | {r.learner} ({r.context}) | {r.targets} "
+        lines.append(f"| {r.env} | {r.model} | {r.wording} | {r.source} -> {r.selector} | {r.learner} ({r.context}) | {r.targets} "
                      f"({r.scored}) | {gain} | {_f(d['teacher_prefers_reference'], '{:.0%}')} | "
                      f"{_f(d['student_reference_logprob'], '{:.3f}')} -> {_f(d['teacher_reference_logprob'], '{:.3f}')} |")
     return "\n".join(lines)
@@ -138,6 +152,7 @@ def _split(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     """``agentgym diagnose [--sources a,b] [--learners x,y] [--json] [agentgym train settings ...]``."""
     from agentgym.config import ConfigError
+    from agentgym.feedback.prompts import Prompts
     from agentgym.plugins import LEARNERS, SOURCES, UnknownPluginError
     from agentgym.train import Trainer, TrainingError, cli_config
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -148,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--json"]
     sources, argv = _split(argv, "--sources")
     learners, argv = _split(argv, "--learners")
+    wordings_text, argv = _split(argv, "--wordings")
     try:
         cfg, _, _ = cli_config(argv + ["--train.updates", "0", "--train.progress", "false"])
         cfg = cfg.resolved()
@@ -160,13 +176,26 @@ def main(argv: list[str] | None = None) -> int:
             if not LEARNERS.get(n).uses_teacher:
                 raise ConfigError(f"--learners: {n!r} has no teacher; choose from "
                                   f"{[x for x in LEARNERS.names() if LEARNERS.get(x).uses_teacher]}")
+        wordings = None
+        if wordings_text is not None:
+            try:
+                wordings = json.loads(wordings_text)
+            except ValueError as exc:
+                raise ConfigError(f"--wordings: not JSON ({exc}); give {{name: {{prompt: template}}}}") from None
+            if not isinstance(wordings, dict) or not all(isinstance(v, dict) for v in wordings.values()):
+                raise ConfigError(f"--wordings: give {{name: {{prompt: template}}}}, got {wordings_text!r}")
+            for name, overrides in wordings.items():
+                try:
+                    Prompts.from_overrides(overrides)
+                except ValueError as exc:
+                    raise ConfigError(f"--wordings {name}: {exc}") from None
         import tempfile
         with tempfile.TemporaryDirectory() as tmp:
             cfg.train.run_dir = tmp
             trainer = Trainer(cfg, notes=["diagnose"])
             print(f"agentgym diagnose: {cfg.env.id}, {trainer.model_name}: rolling out "
                   f"{cfg.env.tasks_per_update} task(s) x {cfg.env.group_size}", file=sys.stderr, flush=True)
-            rows = diagnose(trainer, names, lnames)
+            rows = diagnose(trainer, names, lnames, wordings)
     except (ConfigError, UnknownPluginError, ValueError) as exc:
         print(f"agentgym diagnose: {exc}", file=sys.stderr)
         return 2

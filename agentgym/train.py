@@ -543,7 +543,8 @@ class Trainer:
     def _check_signal(self, record: dict[str, Any]) -> None:
         """Warn once per run when an update's teacher did not prefer the env's reference action."""
         from agentgym.learners.signal import signal_problem
-        problem = None if self._signal_warned else signal_problem(record, self.config.feedback.source)
+        problem = None if self._signal_warned else signal_problem(record, self.config.feedback.source,
+                                                                   getattr(self.learner.settings, "teacher", None))
         if problem and self.is_main:
             self._signal_warned = True
             self.notes.append(f"update {record['update']}: {problem}")

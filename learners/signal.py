@@ -108,8 +108,9 @@ def step_references(trajectories: Sequence[Any], read: Callable[[dict[str, Any]]
     return out
 
 
-def signal_problem(metrics: dict[str, float], source: str | None = None) -> str | None:
-    """A one-paragraph warning when an update's teacher did not prefer the reference (gain <= 0)."""
+def signal_problem(metrics: dict[str, float], source: str | None = None, teacher: str | None = None) -> str | None:
+    """A one-paragraph warning when an update's teacher did not prefer the reference (gain <= 0);
+    ``teacher``: the learner's teacher-weights mode (a lagging teacher is one of the causes)."""
     gain = metrics.get("teacher_gain")
     if gain is None or not math.isfinite(gain) or gain > 0:
         return None
@@ -121,4 +122,7 @@ def signal_problem(metrics: dict[str, float], source: str | None = None) -> str 
             "distilling from this teacher moves the model AWAY from the reference. Likely causes: the hint quotes "
             "the failed attempt or does not state the correction (feedback source "
             f"{source or 'n/a'}), or the teacher answers the feedback message instead of using it (try other "
-            "[feedback.prompts] wording, or `agentgym diagnose` to compare sources before training).")
+            "[feedback.prompts] wording, or `agentgym diagnose` to compare sources before training)"
+            + (f"; or the student has moved past its teacher's weights (teacher = {teacher!r} lags the student: "
+               "--learner.teacher current, or a larger --learner.teacher_rate, keeps it level)"
+               if teacher in ("ema", "fixed", "refresh") else "") + ".")
