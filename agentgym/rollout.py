@@ -381,6 +381,7 @@ class RolloutRunner:
                 self._run_pool(pending, done, live, bar)
             else:
                 self._run_local(pending, done, live, bar)
+            self._postfix(bar, done, len(live))  # the last replies of a pool run come after its last batch
         finally:
             bar.close()
             for ep in live:  # the run is being aborted: release envs of in-flight episodes

@@ -44,3 +44,11 @@ def test_steps_count_from_the_start_of_each_run(capsys):
                 progress=True, keep_envs=False)
         frames = _frames(capsys.readouterr().err)
         assert [s for n, s in frames if n == 0] == [2] and frames[-1] == (2, 4), frames
+
+
+def test_env_workers_show_steps_as_their_replies_arrive(capsys):
+    never = ScriptedPolicy(lambda conv: "wrong")  # Echo ends a wrong episode at its 3-step limit
+    trajs = rollout(never, "agentgym/Echo-v0", [{"word": "apple"}, {"word": "river"}], workers=1, progress=True)
+    assert [t.num_steps for t in trajs] == [3, 3]
+    frames = _frames(capsys.readouterr().err)
+    assert any(s > 0 for n, s in frames if n == 0) and frames[-1] == (2, 6), frames
