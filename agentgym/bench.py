@@ -26,12 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     if name not in available:
         print(f"agentgym bench: unknown benchmark {name!r}; available: {available}", file=sys.stderr)
         return 2
-    old_argv = sys.argv
+    old_argv, old_path = sys.argv, list(sys.path)
     sys.argv = [str(folder / f"{name}.py"), *argv[1:]]
+    sys.path.insert(0, str(folder))  # as `python benchmarks/NAME.py`: its helpers (_*.py) import by name
     try:
         runpy.run_path(str(folder / f"{name}.py"), run_name="__main__")
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
     finally:
-        sys.argv = old_argv
+        sys.argv, sys.path[:] = old_argv, old_path
     return 0

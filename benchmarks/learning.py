@@ -29,15 +29,14 @@ under the student's, on targeted steps), seconds per update. The measured table 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import tempfile
-import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from _learning import demo_config, mean_std, run_all, train_one
 
 LEARNERS = ("grpo", "dense_sd", "hint_sd", "serl", "gigpo")
 FEEDBACK = {"dense_sd": {"source": "reference", "selector": "dense"}}
@@ -46,33 +45,18 @@ ENV = "agentgym/Echo-v0"
 
 def config(learner: str, seed: int, args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     """The demo preset's settings for Echo and this learner, with the benchmark's task set and budget."""
-    from agentgym.config import _merge
-    from agentgym.train import PRESETS
-    base = PRESETS["demo"].base_for(ENV, learner)
-    bench = {
-        "model": {"name": args.model, "gradient_checkpointing": False},
+    return demo_config(ENV, learner, {
+        "model": {"name": args.model},
         "env": {"id": ENV, "kwargs": {"reference": True}, "tasks_per_update": args.tasks, "group_size": args.group,
                 "max_steps": 1, "eval_tasks": 4},
         "rollout": {"temperature": 1.0, "eval_temperature": 0.0, "max_new_tokens": 8},
         "feedback": FEEDBACK.get(learner, {}),
         "learner": {"name": learner, **({"lr": args.lr} if args.lr else {})},
-        # a reward-only learner whose samples all fail has no gradient: a result to report, not an error
-        "train": {"updates": args.updates, "seed": seed, "run_dir": str(run_dir), "progress": False,
-                  "max_no_gradient_fraction": 1.0,
-                  "checkpoint_every": 0, "eval_every": 1, "tensorboard": False},
-    }
-    return _merge(base, bench)
+        "train": {"updates": args.updates, "seed": seed, "run_dir": str(run_dir), "eval_every": 1}})
 
 
 def one_run(learner: str, seed: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    if args.jobs > 1:
-        import torch
-        torch.set_num_threads(1)
-    from agentgym.train import Trainer
-    run_dir = root / f"{learner}-s{seed}"
-    started = time.perf_counter()
-    summary = Trainer(config(learner, seed, args, run_dir)).fit()
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    summary, records, wall = train_one(config(learner, seed, args, root / f"{learner}-s{seed}"), args.jobs > 1)
     train = [r for r in records if r["phase"] == "train"]
     evals = sorted((r for r in records if r["phase"] == "eval"), key=lambda r: r["update"])
     effect = summary.get("effect") or {}
@@ -82,17 +66,7 @@ def one_run(learner: str, seed: int, args: argparse.Namespace, root: Path) -> di
             "ref_before": effect.get("before"), "ref_after": effect.get("after"),
             "teacher_gain": signal.get("teacher_gain"), "teacher_prefers": signal.get("teacher_prefers_reference"),
             "seconds_per_update": summary["seconds_per_update"],
-            "train_success": sum(r["success_rate"] for r in train) / max(1, len(train)),
-            "wall_seconds": time.perf_counter() - started}
-
-
-def _ms(values: list[float | None], fmt: str = "{:.2f}") -> str:
-    xs = [v for v in values if v is not None]
-    if not xs:
-        return "n/a"
-    if len(xs) == 1:
-        return fmt.format(xs[0])
-    return f"{fmt.format(statistics.mean(xs))} ± {fmt.format(statistics.stdev(xs))}"
+            "train_success": sum(r["success_rate"] for r in train) / max(1, len(train)), "wall_seconds": wall}
 
 
 def table(rows: list[dict[str, Any]], updates: int) -> str:
@@ -101,7 +75,7 @@ def table(rows: list[dict[str, Any]], updates: int) -> str:
     lines = [head, "|" + "---|" * 7]
     for learner in dict.fromkeys(r["learner"] for r in rows):
         mine = [r for r in rows if r["learner"] == learner]
-        col = lambda key, fmt="{:.2f}": _ms([r[key] for r in mine], fmt)  # noqa: E731
+        col = lambda key, fmt="{:.2f}": mean_std([r[key] for r in mine], fmt)  # noqa: E731
         curve = " / ".join(f"{statistics.mean(r['curve'][k] for r in mine):.2f}" for k in range(1, updates + 1)
                            if all(len(r["curve"]) > k for r in mine))
         gain = "n/a" if all(r["teacher_gain"] is None for r in mine) else \
@@ -132,13 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(learner, seed) for learner in learners for seed in range(args.seeds)]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.out or tmp)
-        if args.jobs > 1:
-            os.environ["OMP_NUM_THREADS"] = "1"
-            with ProcessPoolExecutor(args.jobs) as pool:
-                futures = [pool.submit(one_run, learner, seed, args, root) for learner, seed in jobs]
-                rows = [f.result() for f in futures]
-        else:
-            rows = [one_run(learner, seed, args, root) for learner, seed in jobs]
+        rows = run_all(one_run, [(learner, seed, args, root) for learner, seed in jobs], args.jobs)
         for r in rows:
             print(f"{r['learner']} seed {r['seed']}: success {' -> '.join(f'{x:.2f}' for x in r['curve'])}, "
                   f"teacher_gain {r['teacher_gain']}, {r['wall_seconds']:.0f} s", file=sys.stderr, flush=True)

@@ -23,10 +23,10 @@ import os
 import statistics
 import sys
 import tempfile
-import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from _learning import demo_config, mean_std, run_all, train_one
 
 ENV = "agentgym/BFCLSingleTurn-v0"
 FEEDBACK = {"hint_sd": {"source": "reference_hindsight", "selector": "hindsight_multi"},
@@ -34,22 +34,14 @@ FEEDBACK = {"hint_sd": {"source": "reference_hindsight", "selector": "hindsight_
 
 
 def config(learner: str, seed: int, args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
-    from agentgym.config import _merge
-    from agentgym.train import PRESETS
-    base = PRESETS["demo"].base_for(ENV, learner)
-    bench = {
-        "model": {"name": args.model, "gradient_checkpointing": False},
+    return demo_config(ENV, learner, {
+        "model": {"name": args.model},
         "env": {"id": ENV, "kwargs": {"category": args.category}, "tasks_per_update": args.tasks,
                 "group_size": args.group, "max_steps": 1, **split_tasks(args)},
         "rollout": {"temperature": 1.0, "eval_temperature": 0.0, "max_new_tokens": args.max_new_tokens},
         "feedback": FEEDBACK.get(learner, {}),
         "learner": {"name": learner, **({"lr": args.lr} if args.lr else {})},
-        # a reward-only learner whose samples all fail has no gradient: a result to report, not an error
-        "train": {"updates": args.updates, "seed": seed, "run_dir": str(run_dir), "progress": False,
-                  "max_no_gradient_fraction": 1.0,
-                  "checkpoint_every": 0, "eval_every": 0, "tensorboard": False},
-    }
-    return _merge(base, bench)
+        "train": {"updates": args.updates, "seed": seed, "run_dir": str(run_dir), "eval_every": 0}})
 
 
 def split_tasks(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -64,29 +56,14 @@ def split_tasks(args: argparse.Namespace) -> dict[str, list[str]]:
 
 
 def one_run(learner: str, seed: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    if args.jobs > 1:
-        import torch
-        torch.set_num_threads(1)
-    from agentgym.train import Trainer
-    run_dir = root / f"{learner}-s{seed}"
-    started = time.perf_counter()
-    summary = Trainer(config(learner, seed, args, run_dir)).fit()
+    summary, _, wall = train_one(config(learner, seed, args, root / f"{learner}-s{seed}"), args.jobs > 1)
     effect = summary.get("effect") or {}
     signal = summary.get("teacher_signal") or {}
     return {"learner": learner, "seed": seed, "success_before": summary["success_before"],
             "success_after": summary["success_after"], "ref_before": effect.get("before"),
             "ref_after": effect.get("after"), "diff": (effect.get("difference") or {}).get("mean"),
             "teacher_gain": signal.get("teacher_gain"), "seconds_per_update": summary["seconds_per_update"],
-            "wall_seconds": time.perf_counter() - started}
-
-
-def _ms(values: list[float | None], fmt: str = "{:.3f}") -> str:
-    xs = [v for v in values if v is not None]
-    if not xs:
-        return "n/a"
-    if len(xs) == 1:
-        return fmt.format(xs[0])
-    return f"{fmt.format(statistics.mean(xs))} ± {fmt.format(statistics.stdev(xs))}"
+            "wall_seconds": wall}
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -95,7 +72,7 @@ def table(rows: list[dict[str, Any]]) -> str:
              "|" + "---|" * 7]
     for learner in dict.fromkeys(r["learner"] for r in rows):
         mine = [r for r in rows if r["learner"] == learner]
-        col = lambda key, fmt="{:.3f}": _ms([r[key] for r in mine], fmt)  # noqa: E731
+        col = lambda key, fmt="{:.3f}": mean_std([r[key] for r in mine], fmt)  # noqa: E731
         diffs = [r["diff"] for r in mine if r["diff"] is not None]
         ratio = (f"{statistics.mean(diffs) / statistics.stdev(diffs):+.1f}x"
                  if len(diffs) > 1 and statistics.stdev(diffs) > 0 else "n/a")
@@ -130,13 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     learners = [n.strip() for n in args.learners.split(",") if n.strip()]
     jobs = [(learner, seed) for learner in learners for seed in range(args.seeds)]
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(args.out or tmp)
-        if args.jobs > 1:
-            os.environ["OMP_NUM_THREADS"] = "1"
-            with ProcessPoolExecutor(args.jobs) as pool:
-                rows = [f.result() for f in [pool.submit(one_run, lr, s, args, root) for lr, s in jobs]]
-        else:
-            rows = [one_run(lr, s, args, root) for lr, s in jobs]
+        rows = run_all(one_run, [(lr, s, args, Path(args.out or tmp)) for lr, s in jobs], args.jobs)
     for r in rows:
         print(json.dumps(r), file=sys.stderr, flush=True)
     print(f"{ENV} ({args.category}), {args.model}, the demo preset's settings, {args.updates} updates x {args.tasks} "
