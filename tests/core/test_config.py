@@ -146,7 +146,13 @@ def test_the_main_job_default_is_hint_sd_on_bfcl_train_with_reference_hindsight(
     assert cfg.learner.name == "hint_sd" and cfg.env.id == "agentgym/BFCLMultiTurn-v0"
     assert cfg.env.kwargs == {"split": "train"} and cfg.model.name == "auto" and cfg.model.lora
     assert (cfg.feedback.source, cfg.feedback.selector) == ("reference_hindsight", "hindsight_multi")
-    assert (cfg.learner.teacher, cfg.learner.teacher_rate, cfg.learner.kl_direction) == ("ema", 0.001, "reverse")
+    # The CPU demo distils from the current student with the hint as a bare user turn (README, "Does the
+    # teacher know better?"); the learner's own defaults stay the paper's.
+    assert (cfg.learner.teacher, cfg.learner.kl_direction) == ("current", "reverse")
+    assert cfg.feedback.prompts == {"teacher_hint": "{hint}"}
+    assert load_config(["--learner.name", "grpo"], base=PRESETS["demo"].base_for(None, "grpo")).resolved().learner.name == "grpo"
+    from agentgym.learners import HintSD
+    assert (HintSD().settings.teacher, HintSD().settings.teacher_rate) == ("ema", 0.001)
     from agentgym.envs.bfcl.data import split_ids
     train = set(split_ids(("base", "long_context"), "train"))
     assert set(cfg.env.task_ids) <= train  # the demo's tasks are train-split entries
