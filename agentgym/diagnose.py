@@ -77,7 +77,7 @@ def diagnose(trainer: Any, sources: Sequence[str], learners: Sequence[str],
     signal of every wording x learner x source on it (``wordings``: name -> prompt overrides on
     top of the run's; default: the run's own)."""
     from agentgym.feedback.prompts import Prompts
-    from agentgym.learners.signal import step_references
+    from agentgym.evaluation import step_references
     from agentgym.plugins import LEARNERS
     cfg = trainer.config
     trajs = trainer.rollout(trainer.tasks_for(0), 0, "train", cfg.env.group_size, trainer.env_kwargs("train"))

@@ -290,26 +290,44 @@ def task_lists(cfg: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], li
 
 
 # ------------------------------------------------------------------------------------------ reference log-prob
+def reference_ids(step: Any, read: Callable[[dict[str, Any]], str | None] | None, tokenizer: Any) -> list[int] | None:
+    """The ids (+ EOS) of the reference action that the env's ``read`` (``EnvDefaults.reference_action``)
+    finds in ``step``'s ``reference`` feedback, or None."""
+    from agentgym.types import FeedbackKind
+    for f in step.feedback if read is not None else ():
+        action = read(f.payload) if f.kind is FeedbackKind.REFERENCE else None
+        if action:
+            return list(tokenizer.encode(action, add_special_tokens=False)) + [tokenizer.eos_token_id]
+    return None
+
+
+def step_references(trajs: Sequence[Any], read: Callable[[dict[str, Any]], str | None] | None,
+                    tokenizer: Any) -> dict[tuple[int, int], list[int]]:
+    """{(trajectory index, step index): reference action ids + EOS} for every step that has one (what
+    the teacher-signal diagnostic scores)."""
+    out = {}
+    for i, t in enumerate(trajs if read is not None else ()):
+        for step in t.steps:
+            ids = reference_ids(step, read, tokenizer)
+            if ids is not None:
+                out[(i, step.index)] = ids
+    return out
+
+
 def reference_actions(trajs: Sequence[Any], env_id: str, tokenizer: Any) -> dict[str, tuple[list[int], list[int]]]:
     """{task id: (first prompt ids, reference first action ids + EOS)} for the first episode of each
     task whose first step carries a reference (the env declares how to read it). The context is the
     task's first prompt, which does not depend on the policy, so scores before and after training
     pair up task by task."""
     from agentgym.envspec import env_defaults
-    from agentgym.types import FeedbackKind
     read = env_defaults(env_id).reference_action
     out: dict[str, tuple[list[int], list[int]]] = {}
-    if read is None:
-        return out
-    for t in trajs:
+    for t in trajs if read is not None else ():
         if t.task_id in out or not t.steps or not t.steps[0].prompt_ids:
             continue
-        for f in t.steps[0].feedback:
-            action = read(f.payload) if f.kind is FeedbackKind.REFERENCE else None
-            if action:
-                ids = list(tokenizer.encode(action, add_special_tokens=False)) + [tokenizer.eos_token_id]
-                out[t.task_id] = (list(t.steps[0].prompt_ids), ids)
-                break
+        ids = reference_ids(t.steps[0], read, tokenizer)
+        if ids is not None:
+            out[t.task_id] = (list(t.steps[0].prompt_ids), ids)
     return out
 
 

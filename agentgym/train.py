@@ -45,7 +45,6 @@ from agentgym.agents.base import PolicyError
 from agentgym.errors import CheckpointError
 from agentgym.faults import crash_point
 from agentgym.rollout import failed_at_reset
-from agentgym.types import FeedbackKind
 from agentgym.plugins import LEARNERS, ROLLOUT_BACKENDS, SELECTORS, SOURCES, TEACHERS, UnknownPluginError
 
 __all__ = ["main", "Trainer", "TrainingError", "Preset", "PRESETS", "load_model"]
@@ -390,6 +389,7 @@ class Trainer:
         self.probe: tuple[list[int], list[int]] | None = None
         self.probe_before: float | None = None
         self._signal_warned = False
+        self._train_records: list[dict[str, Any]] = []  # this run's train records (the summary's teacher signal)
         from agentgym.envspec import env_defaults
         self._reference_reader = env_defaults(cfg.env.id).reference_action
         from agentgym.noop import NoGradientWatch
@@ -519,7 +519,7 @@ class Trainer:
                                                   self.config.train.lr_schedule)
         for group in self.learner.optimizer.param_groups:
             group["lr"] = lr
-        from agentgym.learners.signal import step_references
+        from agentgym.evaluation import step_references
         references = step_references(trajs, self._reference_reader, self.tokenizer) if self.learner.uses_teacher else None
         if self.config.train.progress and self.is_main:  # the learner step can take minutes on a CPU: say so
             from tqdm.auto import tqdm
@@ -546,6 +546,7 @@ class Trainer:
         record.update(self.no_gradient.observe(update, trajs, self._gather([record.get("trained_samples", 1.0)])[0],
                                                ntargets, self.config.env.max_steps))  # said, never silent
         self._log(record)
+        self._train_records.append(record)
         self._check_signal(record)
         return record
 
@@ -564,17 +565,11 @@ class Trainer:
         """(context, reference action ids) of the first step for which the env's declared
         ``reference_action`` reads a reference action from its feedback: the mean log-prob of that
         action is a learning signal that does not need a whole multi-turn episode to succeed."""
-        from agentgym.envspec import env_defaults
-        read = env_defaults(self.config.env.id).reference_action
-        if read is None:
-            return None
+        from agentgym.evaluation import reference_ids
         for t in trajs:
-            for step in t.steps[:1]:
-                for f in step.feedback:
-                    action = read(f.payload) if f.kind is FeedbackKind.REFERENCE else None
-                    if action and step.prompt_ids:
-                        ids = list(self.tokenizer.encode(action, add_special_tokens=False))
-                        return list(step.prompt_ids), ids + [self.tokenizer.eos_token_id]
+            ids = reference_ids(t.steps[0], self._reference_reader, self.tokenizer) if t.steps else None
+            if ids is not None and t.steps[0].prompt_ids:
+                return list(t.steps[0].prompt_ids), ids
         return None
 
     def probe_logprob(self) -> float | None:
@@ -644,29 +639,24 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def _signal_summary(self) -> dict[str, Any] | None:
+        return _signal_of(self._train_records)
+
+    def _recorded(self, phase: str) -> list[dict[str, Any]]:
+        """The ``phase`` records of the run's metrics.jsonl (unreadable lines skipped)."""
         path = self.run_dir / "metrics.jsonl"
         records = []
-        for line in path.read_text().splitlines() if self.is_main and path.is_file() else []:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and rec.get("phase") == "train":
-                records.append(rec)
-        return _signal_of(records)
-
-    def _recorded_eval(self, update: int) -> dict[str, Any]:
-        """The run's (last) evaluation record of ``update`` in metrics.jsonl, or {}."""
-        path = self.run_dir / "metrics.jsonl"
-        found: dict[str, Any] = {}
         for line in path.read_text().splitlines() if path.is_file() else []:
             try:
                 rec = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(rec, dict) and rec.get("phase") == "eval" and rec.get("update") == update:
-                found = rec
-        return found
+            if isinstance(rec, dict) and rec.get("phase") == phase:
+                records.append(rec)
+        return records
+
+    def _recorded_eval(self, update: int) -> dict[str, Any]:
+        """The run's (last) evaluation record of ``update`` in metrics.jsonl, or {}."""
+        return next((r for r in reversed(self._recorded("eval")) if r.get("update") == update), {})
 
     def maybe_resume(self, *, truncate: bool = True) -> int:
         """Load the newest intact checkpoint (falling back past damaged ones with a warning) and drop
@@ -698,6 +688,8 @@ class Trainer:
         cfg = self.config
         self._open_outputs()
         self.start = start = self.maybe_resume()
+        if start and self.is_main:  # the updates before a resume: read once, then kept in memory
+            self._train_records = self._recorded("train")
         self.backend.sync(self.policy)  # serve (and verify) the weights training starts from
         first = self.evaluate(0) if start == 0 else self._recorded_eval(0)
         before = first.get("success_rate")

@@ -3,6 +3,7 @@ run with its records, runs side by side in processes, and mean ± std over seeds
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -53,3 +54,17 @@ def mean_std(values: Sequence[float | None], fmt: str = "{:.2f}") -> str:
     if len(xs) == 1:
         return fmt.format(xs[0])
     return f"{fmt.format(statistics.mean(xs))} ± {fmt.format(statistics.stdev(xs))}"
+
+
+def common_args(ap: argparse.ArgumentParser, learners: str, updates: int) -> None:
+    """The options both learning benchmarks take (and their offline, quiet environment)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the benchmarks' own choice: models come from the local cache
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    ap.add_argument("--learners", default=learners, help="comma-separated learner names")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--updates", type=int, default=updates)
+    ap.add_argument("--lr", type=float, default=None, help="learning rate (default: the demo preset's)")
+    ap.add_argument("--model", default="auto", help="auto = SmolLM2-135M-Instruct when installed, else tiny")
+    ap.add_argument("--jobs", type=int, default=1, help="runs side by side (each with one torch thread)")
+    ap.add_argument("--out", default=None, help="keep the run folders here (default: a temporary folder)")
+    ap.add_argument("--smoke", action="store_true", help="seconds-long check: tiny model, 1 seed, 1 update")

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from _learning import demo_config, mean_std, run_all, train_one
+from _learning import common_args, demo_config, mean_std, run_all, train_one
 
 ENV = "agentgym/BFCLSingleTurn-v0"
 FEEDBACK = {"hint_sd": {"source": "reference_hindsight", "selector": "hindsight_multi"},
@@ -83,23 +82,14 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the benchmark's own choice: models come from the local cache
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--learners", default="grpo,hint_sd", help="comma-separated learner names")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--updates", type=int, default=6)
+    common_args(ap, "grpo,hint_sd", updates=6)
     ap.add_argument("--category", default="simple_python")
     ap.add_argument("--train-tasks", type=int, default=16, help="entries trained on")
     ap.add_argument("--eval-tasks", type=int, default=16, help="held-out entries evaluated")
     ap.add_argument("--tasks", type=int, default=4, help="tasks per update")
     ap.add_argument("--group", type=int, default=4, help="rollouts per task")
     ap.add_argument("--max-new-tokens", type=int, default=48)
-    ap.add_argument("--lr", type=float, default=None, help="learning rate (default: the demo preset's)")
-    ap.add_argument("--model", default="auto", help="auto = SmolLM2-135M-Instruct when installed, else tiny")
-    ap.add_argument("--jobs", type=int, default=1, help="runs side by side (each with one torch thread)")
-    ap.add_argument("--out", default=None, help="keep the run folders here (default: a temporary folder)")
-    ap.add_argument("--smoke", action="store_true", help="seconds-long check: tiny model, 1 seed, 1 update")
     args = ap.parse_args(argv)
     if args.smoke:
         args.model, args.seeds, args.updates, args.tasks, args.group = "tiny", 1, 1, 1, 2

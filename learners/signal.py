@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 if TYPE_CHECKING:  # pragma: no cover
     from agentgym.learners.base import Learner, Sample
 
-__all__ = ["TeacherSignal", "teacher_signal", "step_references", "SIGNAL_METRICS", "signal_problem"]
+__all__ = ["TeacherSignal", "teacher_signal", "SIGNAL_METRICS", "signal_problem"]
 
 SIGNAL_METRICS = {
     "teacher_gain": "mean per-token log-prob of the env's reference action under the teacher context minus under "
@@ -87,24 +87,6 @@ def teacher_signal(learner: "Learner", samples: Sequence["Sample"]) -> TeacherSi
             sink.extend(scores[i] for i in range(len(rows)))
     finally:
         learner.model.train(was_training)
-    return out
-
-
-def step_references(trajectories: Sequence[Any], read: Callable[[dict[str, Any]], str | None] | None,
-                    tokenizer: Any) -> dict[tuple[int, int], list[int]]:
-    """{(trajectory index, step index): reference action ids + EOS} for every step whose ``reference``
-    feedback the env's ``read`` (``EnvDefaults.reference_action``) turns into an action."""
-    from agentgym.types import FeedbackKind
-    out: dict[tuple[int, int], list[int]] = {}
-    if read is None:
-        return out
-    for i, t in enumerate(trajectories):
-        for step in t.steps:
-            for f in step.feedback:
-                action = read(f.payload) if f.kind is FeedbackKind.REFERENCE else None
-                if action:
-                    out[(i, step.index)] = list(tokenizer.encode(action, add_special_tokens=False)) + [tokenizer.eos_token_id]
-                    break
     return out
 
 
