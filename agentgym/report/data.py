@@ -173,17 +173,11 @@ def _feedback(f: Feedback, max_chars: int, S: Any) -> dict[str, Any]:
     return out
 
 
-def compact_trajectory(traj: Trajectory, index: int, *, tokenizer: Any = None, max_chars: int = DEFAULT_MAX_CHARS,
-                       strings: Strings | None = None) -> tuple[dict[str, Any], list[str], dict[str, int]]:
-    """``(compact dict, warnings, counters)`` for one trajectory (see the module docstring); long
-    texts become indices into ``strings`` when one is given."""
-    S = strings if strings is not None else (lambda text: text)
-    meta = traj.metadata
-    problems: list[str] = []
-    counts = {"targets": 0, "exact": 0, "whole": 0}
+def _targets(traj: Trajectory, index: int, problems: list[str]) -> list[Target]:
+    """The trajectory's targets, then those kept in its metadata: legacy (or damaged) records that did
+    not validate as typed fields; each one that still does not validate becomes a warning."""
     targets: list[Target] = list(traj.targets)
-    # records kept in metadata are legacy (or damaged) ones that did not validate as typed fields
-    raw_targets = meta.get("targets") or []
+    raw_targets = traj.metadata.get("targets") or []
     if not isinstance(raw_targets, list):
         problems.append(f"trajectory {index} ({traj.task_id}): metadata.targets is not a list: {str(raw_targets)[:80]!r}")
         raw_targets = []
@@ -193,10 +187,16 @@ def compact_trajectory(traj: Trajectory, index: int, *, tokenizer: Any = None, m
         except ValidationError as exc:
             problems.append(f"trajectory {index} ({traj.task_id}): invalid target {str(raw)[:120]!r}: "
                             f"{exc.errors()[0]['msg']}")
+    return targets
+
+
+def _source_feedback(traj: Trajectory, index: int, max_chars: int, S: Any,
+                     problems: list[str]) -> dict[int, list[dict[str, Any]]]:
+    """The feedback sources' records (typed, then legacy ones kept in metadata), by step."""
     source_feedback: dict[int, list[dict[str, Any]]] = {}
     for f in traj.feedback:
         source_feedback.setdefault(f.step, []).append(_feedback(f, max_chars, S))
-    raw_feedback = meta.get("feedback")
+    raw_feedback = traj.metadata.get("feedback")
     for raw in raw_feedback if isinstance(raw_feedback, list) else []:
         try:
             f = Feedback.model_validate(raw)
@@ -204,6 +204,19 @@ def compact_trajectory(traj: Trajectory, index: int, *, tokenizer: Any = None, m
             problems.append(f"trajectory {index} ({traj.task_id}): invalid feedback record: {exc.errors()[0]['msg']}")
             continue
         source_feedback.setdefault(f.step, []).append(_feedback(f, max_chars, S))
+    return source_feedback
+
+
+def compact_trajectory(traj: Trajectory, index: int, *, tokenizer: Any = None, max_chars: int = DEFAULT_MAX_CHARS,
+                       strings: Strings | None = None) -> tuple[dict[str, Any], list[str], dict[str, int]]:
+    """``(compact dict, warnings, counters)`` for one trajectory (see the module docstring); long
+    texts become indices into ``strings`` when one is given."""
+    S = strings if strings is not None else (lambda text: text)
+    meta = traj.metadata
+    problems: list[str] = []
+    counts = {"targets": 0, "exact": 0, "whole": 0}
+    targets = _targets(traj, index, problems)
+    source_feedback = _source_feedback(traj, index, max_chars, S, problems)
 
     steps_out = []
     for step in traj.steps:
