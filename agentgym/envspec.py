@@ -2,9 +2,12 @@
 the constructor arguments of its training and evaluation envs, its step limit and action length,
 what data it needs, and (through ``AgentEnv.tasks()``) the list of its tasks.
 
-An env class sets ``defaults = EnvDefaults(...)``; a plain gymnasium env without one gets
-``EnvDefaults()`` (same constructor for train and eval, tasks drawn by seed). Nothing here imports
-an env's heavy dependencies until its class is loaded.
+Env metadata lives in one place: the env class's ``defaults = EnvDefaults(...)`` (its step limit
+included). A plain gymnasium env without one gets ``EnvDefaults()`` (same constructor for train and
+eval, tasks drawn by seed; the step limit of its registration's ``max_episode_steps``, if any).
+``resolve_env(env_id)`` reads it once per id, with the class and spec (``ResolvedEnv``);
+``env_defaults`` and ``env_class`` are its two parts. Nothing here imports an env's heavy
+dependencies until its class is loaded.
 
 >>> env_defaults("agentgym/Echo-v0").max_steps
 3
@@ -18,10 +21,20 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-__all__ = ["EnvDefaults", "env_defaults", "env_class", "check_env_id", "list_tasks", "task_key"]
+import gymnasium as gym
+from gymnasium.envs.registration import EnvSpec, load_env_creator
+
+from agentgym.plugins import UnknownPluginError, suggest
+from agentgym.registration import register_envs
+
+__all__ = ["EnvDefaults", "ResolvedEnv", "resolve_env", "env_defaults", "env_class", "check_env_id",
+           "declared_defaults", "list_tasks", "task_key", "DEFAULT_MAX_STEPS"]
+
+DEFAULT_MAX_STEPS = 50  # the step limit of an env that declares none
 
 
 @dataclass(frozen=True)
@@ -32,7 +45,10 @@ class EnvDefaults:
     # Constructor kwargs of the evaluation env; None: the training env's, with the evaluation tasks
     # held out of the training pool (for envs without separate splits).
     eval_kwargs: dict[str, Any] | None = None
-    max_steps: int | None = None  # rollout step limit (None: the env's own default_max_steps)
+    max_steps: int | None = None  # the episode step limit of a run (and of the env itself, see below)
+    # The env's own step limit (``AgentEnv``'s constructor default) where it differs from a run's
+    # ``max_steps`` (BFCL multi-turn: 168 possible steps, 20 in the paper's runs); None: ``max_steps``.
+    env_max_steps: int | None = None
     max_new_tokens: int = 256  # tokens per action that its actions need
     data_hint: str = ""  # what to set or run when its data is missing (said in errors)
     # Reads the reference action (text the policy could have written) from the payload of a step's
@@ -49,13 +65,32 @@ class EnvDefaults:
         return dataclasses.replace(self, **changes)
 
 
+def declared_defaults(cls: type) -> EnvDefaults:
+    """The one ``EnvDefaults`` of an env class (``AgentEnv`` stores it as ``cls.defaults`` when the
+    class is defined): its own ``defaults``, else its parent's, with the older spelling, a class
+    attribute ``default_max_steps`` (the env's own step limit), folded in; a step limit the class
+    leaves out is inherited."""
+    parent = getattr(super(cls, cls), "defaults", None)
+    parent = parent if isinstance(parent, EnvDefaults) else EnvDefaults()
+    own = cls.__dict__.get("defaults")
+    own = own if isinstance(own, EnvDefaults) else None
+    legacy = cls.__dict__.get("default_max_steps")
+    legacy = legacy if isinstance(legacy, int) and not isinstance(legacy, bool) else None
+    env_limit = ((own.env_max_steps if own else None) or legacy or (own.max_steps if own else None)
+                 or parent.env_max_steps or parent.max_steps or DEFAULT_MAX_STEPS)
+    if own is not None and own.max_steps is not None:
+        run_limit = own.max_steps
+    elif own is None and parent.env_max_steps is not None:  # the parent's run limit was its own choice
+        run_limit = parent.max_steps
+    else:
+        run_limit = env_limit
+    return (own or parent).replace(max_steps=run_limit, env_max_steps=env_limit if env_limit != run_limit else None)
+
+
 def check_env_id(env_id: str) -> str:
     """The gymnasium id, after importing the module of a ``module:Env-v0`` id; raises
     ``UnknownPluginError`` with the nearest registered ids otherwise. Builds no env."""
-    import gymnasium as gym
-
-    import agentgym  # noqa: F401  (registers the agentgym ids)
-    from agentgym.plugins import UnknownPluginError, suggest
+    register_envs()
     if not isinstance(env_id, str) or not env_id:
         raise UnknownPluginError(f"env.id must be a gymnasium id, got {env_id!r}")
     name = env_id
@@ -73,27 +108,55 @@ def check_env_id(env_id: str) -> str:
     return name
 
 
-def env_class(env_id: str) -> type | None:
-    """The class behind a registered id (None when its entry point is a factory function)."""
-    import gymnasium as gym
-    from gymnasium.envs.registration import load_env_creator
-    spec = gym.spec(check_env_id(env_id))
+@dataclass(frozen=True)
+class ResolvedEnv:
+    """An env id resolved once: its gymnasium id and spec, the class behind it (None for a factory
+    entry point) and its ``EnvDefaults`` (the class's declaration, plus the kwargs and
+    ``max_episode_steps`` given at registration, which are part of the id's identity)."""
+
+    id: str
+    spec: EnvSpec
+    cls: type | None
+    defaults: EnvDefaults
+
+
+_RESOLVED: dict[str, ResolvedEnv] = {}
+_RESOLVED_LOCK = threading.Lock()
+
+
+def resolve_env(env_id: str) -> ResolvedEnv:
+    """``env_id`` resolved (cached per id while its registration stays the same); raises
+    ``UnknownPluginError`` with the nearest registered ids for an unknown one. Builds no env."""
+    with _RESOLVED_LOCK:
+        cached = _RESOLVED.get(env_id)
+    if cached is not None and gym.registry.get(cached.id) is cached.spec:
+        return cached
+    name = check_env_id(env_id)
+    spec = gym.spec(name)
     creator = load_env_creator(spec.entry_point) if isinstance(spec.entry_point, str) else spec.entry_point
-    return creator if isinstance(creator, type) else None
-
-
-def env_defaults(env_id: str) -> EnvDefaults:
-    """The defaults the env's class declares (``EnvDefaults()`` when it declares none)."""
-    import gymnasium as gym
-    cls = env_class(env_id)
+    cls = creator if isinstance(creator, type) else None
     declared = getattr(cls, "defaults", None)
     out = declared if isinstance(declared, EnvDefaults) else EnvDefaults()
     if out.max_steps is None and cls is not None and isinstance(getattr(cls, "default_max_steps", None), int):
-        out = out.replace(max_steps=cls.default_max_steps)
-    spec_kwargs = gym.spec(check_env_id(env_id)).kwargs or {}
-    if spec_kwargs:  # kwargs given at registration are part of the id's identity
-        out = out.replace(train_kwargs={**spec_kwargs, **out.train_kwargs})
-    return out
+        out = out.replace(max_steps=cls.default_max_steps)  # a plain env class that names its limit so
+    if out.max_steps is None and spec.max_episode_steps is not None:
+        out = out.replace(max_steps=spec.max_episode_steps)
+    if spec.kwargs:
+        out = out.replace(train_kwargs={**spec.kwargs, **out.train_kwargs})
+    resolved = ResolvedEnv(id=name, spec=spec, cls=cls, defaults=out)
+    with _RESOLVED_LOCK:
+        _RESOLVED[env_id] = resolved
+    return resolved
+
+
+def env_class(env_id: str) -> type | None:
+    """The class behind a registered id (None when its entry point is a factory function)."""
+    return resolve_env(env_id).cls
+
+
+def env_defaults(env_id: str) -> EnvDefaults:
+    """The env's declared defaults (``EnvDefaults()`` when it declares none): ``resolve_env(env_id).defaults``."""
+    return resolve_env(env_id).defaults
 
 
 def list_tasks(env: Any) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ the installed package ships (see ``agentgym/_gymnasium_hook.py``), which is what
 A user's own environment registers the ordinary way and runs through the same rollout code:
 
 >>> import gymnasium as gym
->>> gym.register(id="myproject/Echo-v0", entry_point="agentgym.env:EchoEnv")
+>>> gym.register(id="myproject/Echo-v0", entry_point="agentgym.envs.echo.env:EchoEnv")
 >>> gym.make("myproject/Echo-v0").reset(seed=1)[0].startswith("Say the word")
 True
 """
@@ -24,7 +24,7 @@ NAMESPACE = "agentgym"
 
 # id -> (entry point, default kwargs). One line per environment; no factory branches.
 ENVIRONMENTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "Echo-v0": ("agentgym.env:EchoEnv", {}),
+    "Echo-v0": ("agentgym.envs.echo.env:EchoEnv", {}),
     "BFCLMultiTurn-v0": ("agentgym.envs.bfcl.multi_turn:BFCLMultiTurnEnv", {}),
     "BFCLSingleTurn-v0": ("agentgym.envs.bfcl.single_turn:BFCLSingleTurnEnv", {}),
     "WebShop-v0": ("agentgym.envs.webshop.env:WebShopEnv", {}),

@@ -98,12 +98,11 @@ class ALFWorldEnv(AgentEnv):
     ``textcache``; False runs TextWorld's own code, for side-by-side checks).
     """
 
-    default_max_steps = 50
     # Envs of one process may be stepped from several threads (``agentgym serve`` sessions): every
     # engine call runs under the process's planner lock (engine.py / planner.py).
     SUPPORTS_CONCURRENT_SESSIONS = True
     # Headline: ALFWorld's success rate (%) overall and per task type.
-    defaults = EnvDefaults(max_new_tokens=48, category_field="task_type",
+    defaults = EnvDefaults(max_steps=50, max_new_tokens=48, category_field="task_type",
                            headline=lambda rows: {"success_rate": 100.0 * sum(r.success for r in rows) / len(rows),
                                                   **category_accuracy(rows, "success")},
                            data_hint="set ALFWORLD_DATA, or build games with `agentgym data "

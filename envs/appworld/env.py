@@ -30,7 +30,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from agentgym.env import AgentEnv, EnvReply, EnvReset
 from agentgym.envspec import EnvDefaults
@@ -197,8 +197,7 @@ class AppWorldEnv(AgentEnv):
     sandbox itself), ``terminate_on_violation`` (end the episode when the screen blocks code).
     """
 
-    default_max_steps: ClassVar[int] = 40
-    defaults = EnvDefaults(train_kwargs={"split": "train"}, eval_kwargs={"split": "dev"}, max_new_tokens=384,
+    defaults = EnvDefaults(train_kwargs={"split": "train"}, eval_kwargs={"split": "dev"}, max_steps=40, max_new_tokens=384,
                            category_field="difficulty", headline=lambda rows: appworld_headline(rows),
                            data_hint="run ./setup.sh (it builds the AppWorld virtualenv and the project's tasks), "
                                      "or set APPWORLD_ROOT to an official AppWorld root")

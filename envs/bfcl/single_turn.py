@@ -130,9 +130,8 @@ class BFCLSingleTurnEnv(AgentEnv):
         parser: raw text -> calls (default: Python call lists and JSON tool calls).
     """
 
-    default_max_steps = 1
     # One category pool: evaluation tasks are held out of it. Headline: BFCL's AST accuracy (%) per category.
-    defaults = EnvDefaults(max_new_tokens=256, category_field="category",
+    defaults = EnvDefaults(max_steps=1, max_new_tokens=256, category_field="category",
                            headline=lambda rows: category_accuracy(rows, "accuracy"),
                            reference_action=lambda payload: payload.get("reference_action"))
 

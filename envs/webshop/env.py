@@ -95,9 +95,8 @@ class WebShopEnv(AgentEnv):
     (default 1 M, so a 100 KB search reaches the parser and is answered with the page shown again).
     """
 
-    default_max_steps = 15
     RESET_OPTIONS = ("goal_index", "asin")
-    defaults = EnvDefaults(max_new_tokens=64, category_field="category", headline=lambda rows: webshop_headline(rows),
+    defaults = EnvDefaults(max_steps=15, max_new_tokens=64, category_field="category", headline=lambda rows: webshop_headline(rows),
                            data_hint="set WEBSHOP_DATA to a WebShop data folder "
                            "(or run `agentgym data webshop`), or pass --env.kwargs '{\"data_dir\": ...}'")
 
