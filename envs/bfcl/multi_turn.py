@@ -87,9 +87,10 @@ class BFCLMultiTurnEnv(AgentEnv):
         step_timeout_s: the deadline of one step (``AgentEnv``; default 60 s, None: none).
     """
 
-    default_max_steps = 8 * (MAX_STEPS_PER_TURN + 1)  # 8 turns at most in BFCL v3
-    # HINT-SD's 50/10/40 split; 20 steps per episode (the paper's BFCL setting).
+    # HINT-SD's 50/10/40 split; 20 steps per episode (the paper's BFCL setting); the env itself allows
+    # 8 turns of at most MAX_STEPS_PER_TURN steps each (BFCL v3).
     defaults = EnvDefaults(train_kwargs={"split": "train"}, eval_kwargs={"split": "eval"}, max_steps=20,
+                           env_max_steps=8 * (MAX_STEPS_PER_TURN + 1),
                            max_new_tokens=256, reference_action=lambda payload: reference_call_list(payload),
                            category_field="category", headline=multi_turn_headline)
 
