@@ -33,6 +33,7 @@ from agentgym.env import AgentEnv, EnvReply, EnvReset
 from agentgym.parsing import DECODINGS, AutoToolCallParser, ToolCallParser
 from agentgym.types import Feedback, FeedbackKind, Message, ToolCall
 
+from agentgym.envs.bfcl import decoder as _decoder  # noqa: F401 - registers decoding="official"
 from agentgym.envs.bfcl.backends import BackendSet, state_diff
 from agentgym.envs.bfcl.data import (DEFAULT_CATEGORIES, function_docs, get_entry, split_ids,
                                      tool_schema, _check_categories)

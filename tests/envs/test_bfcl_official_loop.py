@@ -254,6 +254,7 @@ def test_bfcl_eval_decoder_and_ours_read_the_same_values():
     """The argument values bfcl-eval's default decoder produces, and ours, on the listed behaviours."""
     from bfcl_eval.model_handler.utils import default_decode_execute_prompting
 
+    import agentgym.envs.bfcl.decoder  # noqa: F401 - registers decoding="official"
     from agentgym.parsing import AutoToolCallParser
 
     parse = AutoToolCallParser(decoding="official")
