@@ -38,11 +38,10 @@ from agentgym.feedback.reference import DIVERGENCE_RULES, Divergence, first_dive
 from agentgym.feedback.selectors import (SELECTORS, Cap, Dense, FirstDivergence, FirstError, FirstStep, Fixed,
                                          HindsightMulti, HindsightSingle, Intersection, LastStep, Selector, Union,
                                          make_selector, register_selector)
-from agentgym.feedback.sources import (SOURCES, CombinedSource, FeedbackSource, FutureTrajectorySource,
-                                       ImmediateSource, LLMHindsightSource, LLMJudgeSource, LLMStepHintSource,
-                                       NextObservationSource, ReferenceHindsightSource, ReferenceSource,
-                                       SuccessfulSiblingSource, by_step, groups_of, make_source,
-                                       register_source)
+from agentgym.feedback.base import CombinedSource, FeedbackSource, by_step, groups_of, make_source, register_source
+from agentgym.feedback.sources import (SOURCES, FutureTrajectorySource, ImmediateSource, LLMHindsightSource,
+                                       LLMJudgeSource, LLMStepHintSource, NextObservationSource,
+                                       ReferenceHindsightSource, ReferenceSource, SuccessfulSiblingSource)
 from agentgym.feedback.anchors import AnchorSource
 
 

@@ -28,7 +28,7 @@ from typing import Sequence
 from agentgym.types import FeedbackKind, Trajectory
 
 from agentgym.feedback.render import clip, task_text
-from agentgym.feedback.sources import FeedbackSource, groups_of
+from agentgym.feedback.base import FeedbackSource, groups_of
 
 __all__ = ["AnchorSource", "similarity", "state_of", "cluster_states"]
 

@@ -32,6 +32,7 @@ from typing import Any, Callable, ClassVar, Iterable, Sequence
 from agentgym.plugins import SELECTORS
 from agentgym.types import Feedback, FeedbackKind, Target, Trajectory
 
+from agentgym.feedback.base import accepted_options, check_options
 from agentgym.feedback.prompts import PROMPTS, Prompts
 from agentgym.feedback.reference import describe_divergence, first_divergence
 from agentgym.feedback.spans import action_token_span
@@ -57,7 +58,6 @@ class Selector(abc.ABC):
     def from_config(cls, options: dict[str, Any] | None = None, **given: Any) -> "Selector":
         """An instance from config options (checked against the constructor, with suggestions);
         ``given``: what the trainer supplies (e.g. ``include_successful`` from the learner)."""
-        from agentgym.feedback.sources import accepted_options, check_options
         options = dict(options or {})
         check_options(cls, options, f"feedback.{cls.name}")
         ok = accepted_options(cls) | accepted_options(Selector)

@@ -36,6 +36,8 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Sequence, Union
 
+from agentgym.parsing import tag_spans
+
 __all__ = ["ACTION_PATTERNS", "ACTION_SPAN_KEY", "action_char_span", "char_to_token_span", "action_token_span",
            "reported_char_span", "step_action_span"]
 
@@ -55,7 +57,6 @@ def _strip(text: str, start: int, end: int, chars: str | None = None) -> tuple[i
 
 def _tag_blocks(text: str, tag: str) -> list[tuple[int, int]]:
     """Content spans of the closed ``<tag>...</tag>`` blocks, exactly as the envs find them."""
-    from agentgym.parsing import tag_spans
     return tag_spans(text, tag)
 
 
