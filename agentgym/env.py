@@ -48,6 +48,7 @@ code) run it in another process (AppWorld's sandbox), where a deadline can kill.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import string
 from dataclasses import dataclass, field
@@ -278,6 +279,5 @@ def __getattr__(name: str) -> Any:
     # which tests of the serve and config modules and users' registrations still name; it lives in
     # envs/echo/ now. Loaded on first use: the env package imports this module.
     if name == "EchoEnv":
-        import importlib
         return importlib.import_module("agentgym.envs.echo.env").EchoEnv
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,9 +18,10 @@ caches warm (``close_shared_pools()`` or interpreter exit stops them).
 
 Workers are started with the ``spawn`` method (no fork of a process holding threads, CUDA or model
 weights); the env's gymnasium ``EnvSpec`` travels to them, so envs registered in a test module, a
-script passed with ``--import`` or an installed plugin work as in-process. Step deadlines are the
-env's own (``AgentEnv`` enforces them inside the worker); workers ignore SIGINT (the parent stops
-them) and exit when their parent goes away.
+script passed with ``--import`` or an installed plugin work as in-process. Envs are built with
+``agentgym.wrappers.make``, so step deadlines, step limits and step errors are handled inside the
+worker (by ``AgentEnv`` itself, or by the wrappers a plain gymnasium env gets); workers ignore SIGINT
+(the parent stops them) and exit when their parent goes away.
 
 >>> import agentgym
 >>> with EnvPool("agentgym/Echo-v0", workers=1) as pool:
@@ -35,6 +36,7 @@ them) and exit when their parent goes away.
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import multiprocessing as mp
 import os
 import pickle
@@ -49,6 +51,9 @@ from multiprocessing.connection import wait as wait_any
 from typing import Any
 
 import gymnasium as gym
+
+from agentgym.registration import register_envs
+from agentgym.wrappers import make
 
 __all__ = ["EnvPool", "EnvEvent", "RemoteError", "EnvWorkerError", "WorkerDied", "shared_pool", "close_shared_pools"]
 
@@ -102,7 +107,6 @@ def _describe_exit(code: int | None) -> str:
 
 
 def _import_plugin_files(files: list[tuple[str, str]]) -> None:
-    import importlib.util
     for name, path in files:
         if name in sys.modules:
             continue
@@ -117,7 +121,7 @@ def _worker_main(index: int, requests: Any, results: Any, spec_bytes: bytes, plu
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the pool; Ctrl-C is for it
     parent = os.getppid()
     try:
-        import agentgym  # noqa: F401  (registers the built-in envs)
+        register_envs()
         _import_plugin_files(plugin_files)
         spec = pickle.loads(spec_bytes)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which stops the run
@@ -157,7 +161,7 @@ def _worker_main(index: int, requests: Any, results: Any, spec_bytes: bytes, plu
             started = time.perf_counter()
             try:
                 if op == "reset":
-                    env = envs.pop(key, None) or (idle.pop() if idle else gym.make(spec, **env_kwargs))
+                    env = envs.pop(key, None) or (idle.pop() if idle else make(spec, **env_kwargs))
                     envs[key] = env
                     value = env.reset(seed=payload[0], options=payload[1])
                 elif op == "step":

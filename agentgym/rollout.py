@@ -34,10 +34,7 @@ the store.
 
 from __future__ import annotations
 
-import atexit
 import inspect
-import pickle
-import threading
 import time
 import traceback
 import uuid
@@ -48,9 +45,15 @@ from typing import Any, Sequence
 
 import gymnasium as gym
 
-from agentgym.agents.base import derive_seed
+from tqdm.auto import tqdm
+
+from agentgym import envshelf
+from agentgym.agents.base import derive_seed  # the one seed formula; helper kept where train/eval/TRL import it
+from agentgym.envpool import EnvPool, shared_pool
+from agentgym.envshelf import close_idle_envs, idle_envs
 from agentgym.store import TrajectoryStore, read_trajectories
-from agentgym.types import Feedback, Message, Step, Trajectory, json_safe
+from agentgym.types import EpisodeTokens, Feedback, Message, Step, Trajectory, episode_tokens, json_safe
+from agentgym.wrappers import make
 
 RESET = "reset"  # the ``where`` of an episode whose env failed to reset (its error starts with it)
 
@@ -80,41 +83,6 @@ def takes_seeds(policy: Any) -> bool:
 
 __all__ = ["failed_at_reset", "request_seed", "takes_seeds", "rollout", "RolloutRunner", "RolloutStats",
            "EpisodeTokens", "episode_tokens", "close_idle_envs", "idle_envs"]
-
-# ------------------------------------------------------------------ in-process envs kept between runs
-_SHELF: dict[tuple, list[Any]] = {}  # (env id, pickled sorted kwargs) -> idle envs, ready for a reset
-_SHELF_LOCK = threading.Lock()
-
-
-def _shelf_key(env_id: str, env_kwargs: dict[str, Any]) -> tuple | None:
-    """The shelf key of an env id and kwargs; None for kwargs that cannot be keyed (never shared).
-    The pickle is only compared, never loaded."""
-    try:
-        return (env_id, pickle.dumps(sorted(env_kwargs.items())))
-    except Exception:  # noqa: BLE001 - a callable or a lock in the kwargs: that run builds its own envs
-        return None
-
-
-def idle_envs(env_id: str | None = None) -> int:
-    """How many in-process envs (of ``env_id``, or all) wait on the shelf for the next run."""
-    with _SHELF_LOCK:
-        return sum(len(envs) for key, envs in _SHELF.items() if env_id is None or key[0] == env_id)
-
-
-def close_idle_envs(env_id: str | None = None) -> int:
-    """Close the in-process envs kept between runs (of ``env_id``, or all); returns how many."""
-    with _SHELF_LOCK:
-        keys = [key for key in _SHELF if env_id is None or key[0] == env_id]
-        envs = [env for key in keys for env in _SHELF.pop(key)]
-    for env in envs:
-        try:
-            env.close()
-        except Exception:  # noqa: BLE001 - closing is best effort; the others still close
-            pass
-    return len(envs)
-
-
-atexit.register(close_idle_envs)
 
 _STANDARD_INFO = {"feedback", "messages", "new_messages", "tools", "step", "task"}
 
@@ -210,10 +178,9 @@ class RolloutRunner:
         self.store = TrajectoryStore(store) if self._own_store else store
         self.stats = RolloutStats()
         self._idle_envs: list[Any] = []
-        self._shelf_key = _shelf_key(env_id, self.env_kwargs) if keep_envs else None
+        self._shelf_key = envshelf.shelf_key(env_id, self.env_kwargs) if keep_envs else None
         self._token_level = bool(getattr(policy, "token_level", False))
         self._takes_seeds = takes_seeds(policy)
-        from agentgym.envpool import EnvPool
         if not isinstance(workers, EnvPool) and (isinstance(workers, bool) or not isinstance(workers, int)
                                                  or workers < 0):
             raise ValueError(f"workers must be an int >= 0 or an EnvPool, got {workers!r}")
@@ -364,8 +331,6 @@ class RolloutRunner:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> list[Trajectory]:
-        from tqdm.auto import tqdm
-
         started = time.perf_counter()
         pending = deque(
             _Episode(task_index=i, member=g, seed=self.seed + i, options=opts,
@@ -397,20 +362,16 @@ class RolloutRunner:
         return sorted(done, key=lambda t: (t.task_index, t.member))
 
     def _take_env(self) -> Any:
-        """An idle env of an earlier run with the same id and kwargs, else a new one."""
-        if self._shelf_key is not None:
-            with _SHELF_LOCK:
-                shelf = _SHELF.get(self._shelf_key)
-                if shelf:
-                    return shelf.pop()
-        return gym.make(self.env_id, **self.env_kwargs)
+        """An idle env of an earlier run with the same id and kwargs, else a new one (``agentgym.wrappers.make``:
+        a plain gymnasium env gets the step deadline, limit and error handling an AgentEnv has)."""
+        env = envshelf.take(self._shelf_key) if self._shelf_key is not None else None
+        return env if env is not None else make(self.env_id, **self.env_kwargs)
 
     def _shelve_idle_envs(self) -> None:
         """End of run: the healthy envs wait for the next run (or are closed with keep_envs=False)."""
         envs, self._idle_envs = self._idle_envs, []
         if self._shelf_key is not None:
-            with _SHELF_LOCK:
-                _SHELF.setdefault(self._shelf_key, []).extend(envs)
+            envshelf.put(self._shelf_key, envs)
             return
         for env in envs:
             env.close()
@@ -480,7 +441,6 @@ class RolloutRunner:
         """Envs in worker processes. Resets and steps are sent without waiting; the loop generates
         for every episode whose env has replied while the others step, so generation and env steps
         overlap (a slow policy gets large batches: replies pile up while it generates)."""
-        from agentgym.envpool import EnvPool, shared_pool
         self.pool = self.workers if isinstance(self.workers, EnvPool) else shared_pool(
             self.env_id, self.env_kwargs, self.workers)
         respawns_before = self.pool.respawns
@@ -554,30 +514,3 @@ class RolloutRunner:
 def rollout(policy: Any, env_id: str, tasks: Sequence[dict[str, Any] | None] | int, **kwargs: Any) -> list[Trajectory]:
     """Run N tasks x ``group_size`` episodes (see ``RolloutRunner`` for the options)."""
     return RolloutRunner(policy, env_id, tasks, **kwargs).run()
-
-
-@dataclass
-class EpisodeTokens:
-    """A token-level episode laid out as one sequence: ``ids`` and a mask that is 1 exactly on the
-    tokens the policy sampled (``action_spans`` gives each step's [start, end))."""
-
-    ids: list[int]
-    policy_mask: list[int]
-    action_spans: list[tuple[int, int]]
-
-
-def episode_tokens(trajectory: Trajectory) -> EpisodeTokens:
-    """The episode as one sequence plus the loss mask; checks the append-only invariant."""
-    ids: list[int] = []
-    mask: list[int] = []
-    spans = []
-    for step in trajectory.steps:
-        if step.prompt_ids[:len(ids)] != ids:
-            raise ValueError(f"step {step.index}: prompt_ids do not extend the previous context + action "
-                             f"(first difference at token {next(i for i, (a, b) in enumerate(zip(step.prompt_ids, ids)) if a != b) if len(step.prompt_ids) >= len(ids) else len(step.prompt_ids)})")
-        mask.extend([0] * (len(step.prompt_ids) - len(ids)))
-        ids = list(step.prompt_ids)
-        spans.append((len(ids), len(ids) + len(step.action_ids)))
-        ids.extend(step.action_ids)
-        mask.extend([1] * len(step.action_ids))
-    return EpisodeTokens(ids=ids, policy_mask=mask, action_spans=spans)

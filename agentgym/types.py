@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import json
+from dataclasses import dataclass
 
 import pydantic
 from typing import Any, Literal
@@ -23,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, f
 from pydantic_core import PydanticSerializationError
 
 __all__ = [
+    "EpisodeTokens",
+    "episode_tokens",
     "FeedbackKind",
     "Feedback",
     "ToolCall",
@@ -267,3 +270,30 @@ def json_safe(value: Any, *, max_depth: int = 20) -> JsonValue:
     if isinstance(value, BaseModel):
         return json.loads(value.model_dump_json())
     return repr(value)
+
+
+@dataclass
+class EpisodeTokens:
+    """A token-level episode laid out as one sequence: ``ids`` and a mask that is 1 exactly on the
+    tokens the policy sampled (``action_spans`` gives each step's [start, end))."""
+
+    ids: list[int]
+    policy_mask: list[int]
+    action_spans: list[tuple[int, int]]
+
+
+def episode_tokens(trajectory: Trajectory) -> EpisodeTokens:
+    """The episode as one sequence plus the loss mask; checks the append-only invariant."""
+    ids: list[int] = []
+    mask: list[int] = []
+    spans = []
+    for step in trajectory.steps:
+        if step.prompt_ids[:len(ids)] != ids:
+            raise ValueError(f"step {step.index}: prompt_ids do not extend the previous context + action "
+                             f"(first difference at token {next(i for i, (a, b) in enumerate(zip(step.prompt_ids, ids)) if a != b) if len(step.prompt_ids) >= len(ids) else len(step.prompt_ids)})")
+        mask.extend([0] * (len(step.prompt_ids) - len(ids)))
+        ids = list(step.prompt_ids)
+        spans.append((len(ids), len(ids) + len(step.action_ids)))
+        ids.extend(step.action_ids)
+        mask.extend([1] * len(step.action_ids))
+    return EpisodeTokens(ids=ids, policy_mask=mask, action_spans=spans)

@@ -8,7 +8,7 @@ import gymnasium as gym
 import pytest
 
 from agentgym.agents.scripted import ScriptedPolicy
-from agentgym.env import EchoEnv
+from agentgym.envs.echo.env import EchoEnv
 from agentgym.rollout import RolloutRunner, close_idle_envs, idle_envs
 
 ENV = "agentgym-test/CountedEcho-v0"

@@ -13,7 +13,7 @@ import pytest
 import agentgym  # noqa: F401  (registers the envs)
 from agentgym.agents.scripted import ScriptedPolicy
 from agentgym.config import ConfigError, load_config
-from agentgym.env import EchoEnv
+from agentgym.envs.echo.env import EchoEnv
 from agentgym.envpool import EnvPool
 from agentgym.rollout import RolloutRunner, rollout
 
@@ -176,7 +176,7 @@ def test_an_env_from_a_plugin_file_runs_in_workers(tmp_path):
     plugin = tmp_path / "pool_plugin_envs.py"
     plugin.write_text(
         "import gymnasium as gym\n"
-        "from agentgym.env import EchoEnv\n"
+        "from agentgym.envs.echo.env import EchoEnv\n"
         "class ShoutEnv(EchoEnv):\n"
         "    def _step(self, action):\n"
         "        return super()._step(action.lower())\n"

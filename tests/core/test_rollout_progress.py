@@ -8,7 +8,7 @@ import re
 import gymnasium as gym
 
 from agentgym.agents.scripted import ScriptedPolicy
-from agentgym.env import EchoEnv
+from agentgym.envs.echo.env import EchoEnv
 from agentgym.rollout import rollout
 
 

@@ -1,0 +1,64 @@
+"""In-process envs kept between rollout runs: a healthy env goes back to a process-wide shelf keyed by
+env id and constructor kwargs when its run ends, and the next run with the same id and kwargs (a
+trainer's next update) resets it instead of building a new one. ``close_idle_envs()`` or interpreter
+exit closes the shelf.
+
+The key holds the kwargs pickled with ``pickle.dumps``: only compared, never loaded, so no data from
+elsewhere is ever unpickled here; kwargs that cannot be pickled (a callable, a lock) get no key and
+their run builds its own envs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import pickle
+import threading
+from typing import Any, Iterable
+
+__all__ = ["shelf_key", "take", "put", "idle_envs", "close_idle_envs"]
+
+_SHELF: dict[tuple, list[Any]] = {}  # (env id, pickled sorted kwargs) -> idle envs, ready for a reset
+_SHELF_LOCK = threading.Lock()
+
+
+def shelf_key(env_id: str, env_kwargs: dict[str, Any]) -> tuple | None:
+    """The shelf key of an env id and kwargs; None for kwargs that cannot be keyed (never shared)."""
+    try:
+        return (env_id, pickle.dumps(sorted(env_kwargs.items())))
+    except Exception:  # noqa: BLE001 - a callable or a lock in the kwargs: that run builds its own envs
+        return None
+
+
+def take(key: tuple) -> Any | None:
+    """An idle env kept under ``key``, or None."""
+    with _SHELF_LOCK:
+        shelf = _SHELF.get(key)
+        return shelf.pop() if shelf else None
+
+
+def put(key: tuple, envs: Iterable[Any]) -> None:
+    """Keep ``envs`` (healthy, their episodes over) for the next run with the same key."""
+    with _SHELF_LOCK:
+        _SHELF.setdefault(key, []).extend(envs)
+
+
+def idle_envs(env_id: str | None = None) -> int:
+    """How many in-process envs (of ``env_id``, or all) wait on the shelf for the next run."""
+    with _SHELF_LOCK:
+        return sum(len(envs) for key, envs in _SHELF.items() if env_id is None or key[0] == env_id)
+
+
+def close_idle_envs(env_id: str | None = None) -> int:
+    """Close the in-process envs kept between runs (of ``env_id``, or all); returns how many."""
+    with _SHELF_LOCK:
+        keys = [key for key in _SHELF if env_id is None or key[0] == env_id]
+        envs = [env for key in keys for env in _SHELF.pop(key)]
+    for env in envs:
+        try:
+            env.close()
+        except Exception:  # noqa: BLE001 - closing is best effort; the others still close
+            pass
+    return len(envs)
+
+
+atexit.register(close_idle_envs)
