@@ -38,8 +38,8 @@ echo; a wrong echo is always refused). The action text is decoded here from the 
 log-prob <= 0 for every action token, and ``verify`` compares every probe token. Any violation is a
 ``ServerError`` (``WeightSyncError`` in ``verify``) naming the server and the field.
 
-``launch_vllm_server`` starts a server on this machine (tests, single-node runs) and waits until it
-answers ``/health``.
+``launch_vllm_server`` (``agentgym.agents.vllm_launch``, re-exported here) starts a server on this
+machine (tests, single-node runs) and waits until it answers ``/health``.
 """
 
 from __future__ import annotations
@@ -47,15 +47,8 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
-import time
-import urllib.error
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -66,6 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, StrictInt, StrictStr
 from agentgym.agents.base import (Conversation, Generation, Policy, SamplingParams, ScoreResult, request_prompts,
                                   request_seeds)
 from agentgym.agents.transport import DEFAULT_MAX_RESPONSE_BYTES, HTTPTransport, ServerError
+from agentgym.agents.vllm_launch import VLLMServerProcess, free_port, launch_vllm_server  # noqa: F401 - re-exported
 from agentgym.agents.vllm_policy import WeightSyncError
 
 __all__ = ["VLLMServerPolicy", "ServerError", "launch_vllm_server", "VLLMServerProcess", "free_port"]
@@ -421,83 +415,3 @@ class VLLMServerPolicy(Policy):
             srv.close()
         if self._own_sync_dir:
             shutil.rmtree(self.sync_dir, ignore_errors=True)
-
-
-# ------------------------------------------------------------------------------------------ launching
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class VLLMServerProcess:
-    """A ``vllm serve`` process on this machine (``url``: its ``/v1`` base); ``stop()`` ends it."""
-
-    def __init__(self, process: subprocess.Popen, url: str, log: Path):
-        self.process, self.url, self.log = process, url, log
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                return
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-
-    def __enter__(self) -> "VLLMServerProcess":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
-
-def launch_vllm_server(model: str | os.PathLike, *, port: int | None = None, lora: bool = True,
-                       max_lora_rank: int = 8, dev_mode: bool = True, python: str | None = None,
-                       max_model_len: int = 4096, dtype: str = "float32", kv_cache_bytes: int = 1 << 29,
-                       extra_args: Sequence[str] = (), env: dict[str, str] | None = None,
-                       log_dir: str | os.PathLike | None = None, startup_timeout: float = 600.0) -> VLLMServerProcess:
-    """Start ``vllm serve MODEL`` on 127.0.0.1 (a free port by default) with what the
-    ``vllm_server`` backend needs: runtime LoRA loading (``--enable-lora``,
-    ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``), the dev endpoints for full-weight reloads
-    (``VLLM_SERVER_DEV_MODE=1``), log-probs of the processed (temperature-scaled) distribution, and
-    whole-prompt prefill steps (vLLM's CPU backend cannot split a seeded prefill). Waits for
-    ``/health``; a server that exits or does not come up in ``startup_timeout`` is a ``ServerError``
-    with the end of its log."""
-    port = port or free_port()
-    cmd = [python or sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-           "--host", "127.0.0.1", "--port", str(port), "--dtype", dtype, "--max-model-len", str(max_model_len),
-           "--max-num-batched-tokens", str(max_model_len), "--logprobs-mode", "processed_logprobs",
-           "--kv-cache-memory-bytes", str(kv_cache_bytes), "--disable-log-stats", "--uvicorn-log-level", "warning"]
-    if lora:
-        cmd += ["--enable-lora", "--max-lora-rank", str(max_lora_rank), "--max-loras", "2"]
-    cmd += list(extra_args)
-    child_env = {**os.environ, **(env or {})}
-    child_env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # a server runs its engine in its own process
-    if lora:
-        child_env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
-    if dev_mode:
-        child_env["VLLM_SERVER_DEV_MODE"] = "1"
-    log_path = Path(log_dir or tempfile.mkdtemp(prefix="vllm-server-")) / f"vllm-{port}.log"
-    log = open(log_path, "wb")
-    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env, start_new_session=True)
-    log.close()
-    server = VLLMServerProcess(process, f"http://127.0.0.1:{port}/v1", log_path)
-    deadline = time.monotonic() + startup_timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = log_path.read_text(errors="replace")[-3000:]
-            raise ServerError(f"vLLM server on port {port} exited with code {process.returncode}:\n{tail}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return server
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(1.0)
-    server.stop()
-    raise ServerError(f"vLLM server on port {port} did not answer /health within {startup_timeout:.0f} s "
-                      f"(log: {log_path}):\n{log_path.read_text(errors='replace')[-3000:]}")

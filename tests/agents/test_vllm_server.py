@@ -29,19 +29,20 @@ ECHO = {
 
 
 def test_server_settings_are_checked_before_anything_starts():
-    with pytest.raises(ConfigError, match="rollout.servers.*http"):
-        load_config(["--rollout.servers", '["localhost:8000"]'])
-    cfg = load_config(["--rollout.backend", "vllm_server", "--rollout.servers", '["http://10.0.0.2:8000/v1"]'])
-    assert cfg.rollout.servers == ["http://10.0.0.2:8000/v1"] and cfg.rollout.sync_dir is None
+    with pytest.raises(ConfigError, match="rollout.vllm_server.servers.*http"):
+        load_config(["--rollout.vllm_server.servers", '["localhost:8000"]'])
+    cfg = load_config(["--rollout.backend", "vllm_server", "--rollout.vllm_server.servers", '["http://10.0.0.2:8000/v1"]'])
+    assert cfg.rollout.settings.servers == ["http://10.0.0.2:8000/v1"] and cfg.rollout.settings.sync_dir is None
     from agentgym.agents.backends import VLLMServerBackend
-    with pytest.raises(ValueError, match="needs rollout.servers"):
-        VLLMServerBackend(object(), model_path="x", lora=True, lora_r=8, settings=load_config([]).rollout)
+    with pytest.raises(ValueError, match="needs rollout.vllm_server.servers"):
+        VLLMServerBackend(object(), model_path="x", lora=True, lora_r=8,
+                          settings=load_config(["--rollout.backend", "vllm_server"]).rollout.settings)
 
 
 # ---------------------------------------------------------------------------- two real servers
 @pytest.fixture(scope="module")
 def servers(tiny_model_path, tmp_path_factory):
-    from agentgym.agents.vllm_server import launch_vllm_server
+    from agentgym.agents.vllm_launch import launch_vllm_server
     logs = tmp_path_factory.mktemp("vllm-logs")
     started, errors = [None, None], []
 
@@ -85,7 +86,7 @@ def test_lora_training_over_two_servers_is_verified_and_token_exact(servers, tmp
     from agentgym.rollout import episode_tokens
     from agentgym.store import read_trajectories
     urls = [s.url for s in servers]
-    trainer = _trainer(tmp_path, "--rollout.servers", json.dumps(urls))
+    trainer = _trainer(tmp_path, "--rollout.vllm_server.servers", json.dumps(urls))
     backend = trainer.backend
     backend.policy.exchanges = []
     trainer.run()
@@ -127,7 +128,8 @@ def test_a_server_left_stale_is_a_weight_sync_error(servers, tiny_model_path):
     from agentgym.agents.backends import VLLMServerBackend
     student = TransformersPolicy(tiny_model_path, adapter=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
                                  trainable=True)
-    settings = load_config(["--rollout.servers", json.dumps([s.url for s in servers])]).rollout
+    settings = load_config(["--rollout.backend", "vllm_server",
+                            "--rollout.vllm_server.servers", json.dumps([s.url for s in servers])]).rollout.settings
     backend = VLLMServerBackend(student, model_path=str(tiny_model_path), lora=True, lora_r=4, settings=settings)
 
     def perturb():
@@ -160,7 +162,8 @@ def test_a_server_left_stale_is_a_weight_sync_error(servers, tiny_model_path):
 @pytest.mark.vllm
 def test_a_server_that_is_down_hands_its_requests_to_the_others(servers, tiny_tokenizer):
     from agentgym.agents import SamplingParams
-    from agentgym.agents.vllm_server import VLLMServerPolicy, free_port
+    from agentgym.agents.vllm_launch import free_port
+    from agentgym.agents.vllm_server import VLLMServerPolicy
     base = VLLMServerPolicy([servers[0].url], model=None, tokenizer=tiny_tokenizer).model  # asked from the server
     dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     policy = VLLMServerPolicy([dead, servers[0].url], model=base, tokenizer=tiny_tokenizer, timeout=5)
@@ -173,7 +176,7 @@ def test_a_server_that_is_down_hands_its_requests_to_the_others(servers, tiny_to
 
 @pytest.mark.vllm
 def test_full_weights_run_with_one_server(servers, tmp_path, tiny_model_path):
-    trainer = _trainer(tmp_path, "--rollout.servers", json.dumps([servers[0].url]), "--model.lora", "false",
+    trainer = _trainer(tmp_path, "--rollout.vllm_server.servers", json.dumps([servers[0].url]), "--model.lora", "false",
                        "--train.updates", "2", "--learner.lr", "1e-3")
     trainer.run()
     backend = trainer.backend
