@@ -18,6 +18,7 @@ trial plus any generated games, and prints RSS growth against the 100 MB budget 
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import io
 import random
@@ -146,10 +147,15 @@ def main() -> None:
     parser.add_argument("--compare-resets", type=int, default=3)
     parser.add_argument("--compare-steps", type=int, default=10)
     parser.add_argument("--only-compare", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="seconds-long check: 1 game side by side (1 reset "
+                        "x 3 steps), then 3 episodes x 3 steps (what the test suite runs)")
     args = parser.parse_args()
+    if args.smoke:
+        args.episodes, args.steps, args.compare_games, args.compare_resets, args.compare_steps = 3, 3, 1, 1, 3
     roots = list(args.games)
     if not roots:
         tmp = Path(tempfile.mkdtemp(prefix="alfworld-bench-"))
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # the rebuilt trial is this run's alone
         rebuild_trial(SHARED, tmp)
         roots.append(str(tmp))
         generated = data_dir("alfworld", "generated", create=False)

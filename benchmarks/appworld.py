@@ -87,13 +87,49 @@ def pct(values: list[float], q: float) -> float:
     return sorted(values)[min(len(values) - 1, int(q * len(values)))] * 1000
 
 
+def startup(env: AppWorldEnv, n: int) -> None:
+    """Print the per-episode start-up (``n`` resets and ``n`` forks), the template's start, the first
+    reset, ``n`` execute / evaluate latencies and the workers' memory."""
+    started = time.perf_counter()
+    env.reset(options={"task_id": env.task_ids[0]})
+    first = time.perf_counter() - started
+    resets, forks = [], []
+    for i in range(n):
+        started = time.perf_counter()
+        env.reset(options={"task_id": env.task_ids[i % len(env.task_ids)]})
+        resets.append(time.perf_counter() - started)
+    for _ in range(n):
+        started = time.perf_counter()
+        env.sandbox.spawn().close()
+        forks.append(time.perf_counter() - started)
+    env.sandbox.kill()
+    started = time.perf_counter()
+    env.sandbox.start()
+    template = time.perf_counter() - started
+    print(f"per-episode start-up: reset p50 {pct(resets, .5):.0f} ms, p95 {pct(resets, .95):.0f} ms; "
+          f"sandboxed process fork p50 {pct(forks, .5):.1f} ms, p95 {pct(forks, .95):.1f} ms "
+          f"(before: one worker start of 10-25 s, reused across episodes)")
+    print(f"sandbox template start {template * 1000:.0f} ms; first reset of a new env {first:.1f} s "
+          f"(apps worker + grader import AppWorld)")
+    lat = latencies(env, n)
+    for name, values in lat.items():
+        print(f"{name} latency: p50 {pct(values, .5):.0f} ms, p95 {pct(values, .95):.0f} ms (n={len(values)})")
+    print(f"worker memory: apps worker {env.apps.rss_bytes() / 2**20:.0f} MiB, "
+          f"grader {env.grader.rss_bytes() / 2**20:.0f} MiB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=300, help="episodes for the RSS run")
     parser.add_argument("--tput-episodes", type=int, default=24, help="episodes per throughput point")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--restart-every", type=int, default=150)
+    parser.add_argument("--samples", type=int, default=30, help="resets, forks and latencies timed")
+    parser.add_argument("--smoke", action="store_true", help="seconds-long check: 1 env, 2 throughput episodes, "
+                        "3 samples, 3 RSS episodes (what the test suite runs)")
     args = parser.parse_args()
+    if args.smoke:
+        args.workers, args.tput_episodes, args.samples, args.episodes = [1], 2, 3, 3
     me = psutil.Process()
 
     print(f"# AppWorld env benchmark ({psutil.cpu_count()} CPUs, load {psutil.getloadavg()[0]:.1f})")
@@ -108,32 +144,7 @@ def main() -> None:
 
     env = AppWorldEnv(split="train", restart_every=args.restart_every)
     try:
-        started = time.perf_counter()
-        env.reset(options={"task_id": env.task_ids[0]})
-        first = time.perf_counter() - started
-        resets, forks = [], []
-        for i in range(30):
-            started = time.perf_counter()
-            env.reset(options={"task_id": env.task_ids[i % len(env.task_ids)]})
-            resets.append(time.perf_counter() - started)
-        for _ in range(30):
-            started = time.perf_counter()
-            env.sandbox.spawn().close()
-            forks.append(time.perf_counter() - started)
-        env.sandbox.kill()
-        started = time.perf_counter()
-        env.sandbox.start()
-        template = time.perf_counter() - started
-        print(f"per-episode start-up: reset p50 {pct(resets, .5):.0f} ms, p95 {pct(resets, .95):.0f} ms; "
-              f"sandboxed process fork p50 {pct(forks, .5):.1f} ms, p95 {pct(forks, .95):.1f} ms "
-              f"(before: one worker start of 10-25 s, reused across episodes)")
-        print(f"sandbox template start {template * 1000:.0f} ms; first reset of a new env {first:.1f} s "
-              f"(apps worker + grader import AppWorld)")
-        lat = latencies(env, 30)
-        for name, values in lat.items():
-            print(f"{name} latency: p50 {pct(values, .5):.0f} ms, p95 {pct(values, .95):.0f} ms (n={len(values)})")
-        print(f"worker memory: apps worker {env.apps.rss_bytes() / 2**20:.0f} MiB, "
-              f"grader {env.grader.rss_bytes() / 2**20:.0f} MiB")
+        startup(env, args.samples)
         samples = []
         timings: dict[str, list[float]] = {"episode_step": []}
         started = time.perf_counter()

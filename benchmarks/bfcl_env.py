@@ -112,8 +112,13 @@ def rss_growth(entries, episodes: int) -> tuple[float, float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=2000, help="episodes for the RSS measurement")
+    parser.add_argument("--entries", type=int, default=None, help="only the first N entries (default: all 800)")
+    parser.add_argument("--smoke", action="store_true", help="seconds-long check: 6 entries, 20 RSS episodes "
+                        "(what the test suite runs)")
     args = parser.parse_args()
-    entries = load_multi_turn(MULTI_TURN_CATEGORIES)
+    if args.smoke:
+        args.entries, args.episodes = 6, 20
+    entries = load_multi_turn(MULTI_TURN_CATEGORIES)[:args.entries]
 
     with_diff, gradings, solved = overhead(entries, record_state_diff=True)
     without_diff, _, _ = overhead(entries, record_state_diff=False)

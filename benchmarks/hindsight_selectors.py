@@ -94,7 +94,11 @@ def main(argv=None) -> int:
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true", help="seconds-long check: 1 task x 3 rollouts, 2 repeats "
+                    "(what the test suite runs)")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.tasks, args.group, args.repeats = 1, 3, 2
 
     from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(build_tiny_model())

@@ -58,8 +58,9 @@ from agentgym.agents import SamplingParams, TransformersPolicy
 from agentgym.config import load_config
 from agentgym.feedback import make_selector, make_source
 from agentgym.learners import Batch, make_learner
+from agentgym.agents.teachers import TeacherPolicy
 from agentgym.rollout import rollout
-from agentgym.train import TeacherPolicy, load_model
+from agentgym.train import load_model
 
 LEARNERS = ("dense_sd", "hint_sd", "grpo", "serl")
 CLAIM = 2.26
@@ -185,7 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--learners", default=",".join(LEARNERS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--smoke", action="store_true", help="seconds-long check: 2 episodes x 1 step, short "
+                   "actions and feedback, one timed step, no warm-up (what the test suite runs)")
     args = p.parse_args(argv)
+    if args.smoke:
+        args.model, args.group, args.max_steps, args.action_tokens, args.feedback_tokens = "tiny", 2, 1, 8, 16
+        args.steps, args.warmup = 1, 0
 
     started = time.perf_counter()
     _, policy, _, model_name = build(args, "grpo")

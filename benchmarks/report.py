@@ -111,14 +111,20 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=None, help="source run folder (default: build a small real one)")
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--no-browser", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="seconds-long check: a one-update, 3-task source run "
+                        "replicated to 50 trajectories (what the test suite runs; browser timings where Chromium is "
+                        "installed)")
     args = parser.parse_args()
+    if args.smoke:
+        args.n = 50
     work = Path(tempfile.mkdtemp(prefix="agentgym-report-bench-"))
     try:
         source = args.run
         if source is None:
-            from tests.report.runs import make_run
+            from tests.report.runs import EVAL_TASKS, TRAIN_TASKS, make_run
             t0 = time.perf_counter()
-            source = make_run(work / "source")
+            smoke = {"updates": 1, "train_tasks": TRAIN_TASKS[:2], "eval_tasks": EVAL_TASKS[:1]} if args.smoke else {}
+            source = make_run(work / "source", **smoke)
             print(f"built a real source run in {time.perf_counter() - t0:.1f}s")
         n_src = sum(1 for _ in read_trajectories(source / "trajectories.jsonl"))
         browser = not args.no_browser and os.path.exists("/usr/bin/chromium") and os.path.exists("/usr/bin/chromedriver")

@@ -147,7 +147,13 @@ def main() -> None:
     parser.add_argument("--worker-concurrent", type=int, default=8, help="concurrent episodes in the worker rows")
     parser.add_argument("--only-workers", action="store_true", help="only the env worker rows")
     parser.add_argument("--skip-workers", action="store_true", help="no env worker rows")
+    parser.add_argument("--smoke", action="store_true", help="seconds-long check: 4 BFCL episodes, ALFWorld's worker "
+                        "rows only (2 episodes x 2 steps, 0 and 1 workers: AppWorld's workers take a minute to "
+                        "start), the tiny model only (what the test suite runs)")
     args = parser.parse_args()
+    if args.smoke:
+        args.episodes, args.skip_smollm2, args.workers, args.envs = 4, True, [0, 1], ["alfworld"]
+        args.worker_episodes, args.worker_steps, args.worker_concurrent = 2, 2, 2
     if not args.skip_workers:
         worker_table(args.envs, args.workers, args.worker_episodes, args.worker_steps, args.worker_concurrent)
     if args.only_workers:

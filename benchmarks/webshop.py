@@ -51,7 +51,11 @@ def main() -> int:
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "webshop"))
     parser.add_argument("--scales", type=int, nargs="*", default=[10_000, 100_000])
     parser.add_argument("--episodes", type=int, default=200)
+    parser.add_argument("--smoke", action="store_true", help="seconds-long check: 5 episodes, one 1,000-product "
+                        "scale (what the test suite runs)")
     args = parser.parse_args()
+    if args.smoke:
+        args.episodes, args.scales = 5, [1000]
 
     cat = load_catalogue(args.data)
     ids = [p["asin"] for p in cat.products]
