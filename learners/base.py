@@ -1,15 +1,16 @@
-"""What every learner shares: token-exact step samples, student and teacher log-probs, teacher
-weights (fixed / EMA / hard refresh), micro-batching by token budget, gradient accumulation and
-clipping, AdamW, and one ``update()`` that a learner only specialises with its ``objective``.
+"""What every learner shares: one ``update()`` that a learner only specialises with its
+``prepare`` (which samples train, and where the loss applies) and its ``objective`` (the loss of a
+micro-batch), and the objectives several learners use (top-k + tail distillation, PPO's old log-probs).
 
 A learner sees a batch of trajectories and, per trajectory, the ``Target`` list a selector chose
 (step, token span of that step's action, hint). It does not care where the targets came from.
+Samples and micro-batching live in ``agentgym.learners.samples``, the shared settings in
+``agentgym.learners.settings``, and the model, optimiser, accelerator, sharding, clipping and
+all-reduces in the learner's ``Engine`` (``agentgym.learners.engine``).
 
-Token bookkeeping: the student side of every loss is ONE forward over ``step.prompt_ids +
-step.action_ids`` (the exact rollout ids, never a re-tokenized rendering), with log-probs taken only
-at the action tokens, so environment tokens never carry loss. The teacher context is the student
-context + one feedback user message (rendered by the chat template, appended as tokens) + the
-generation prompt, and the teacher scores the student's own action ids under it.
+The teacher context is the student context + one feedback user message (rendered by the chat
+template, appended as tokens) + the generation prompt, and the teacher scores the student's own
+action ids under it.
 
 >>> from agentgym.learners.base import plan_micro_batches
 >>> plan_micro_batches([10, 3, 7, 2], token_budget=12)
@@ -19,29 +20,29 @@ generation prompt, and the teacher scores the student's own action ids under it.
 from __future__ import annotations
 
 import abc
-import contextlib
 import math
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, Literal, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, ContextManager, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel
 
 from agentgym.agents.teachers import AppendedTurn, TeacherContext, TeacherContextError, TeacherWeights
 from agentgym.faults import crash_point
 from agentgym.feedback.prompts import PROMPTS, Prompts
-from agentgym.feedback.spans import ACTION_SPAN_KEY
-from agentgym.sharding import full, full_state, is_dtensor, is_sharded, is_zero3, load_full, shard_as, snapshot, swapped
 from agentgym.plugins import LEARNERS
-from agentgym.types import Message, Target, Trajectory
-from agentgym.learners.losses import AGGREGATIONS, DIRECTIONS, aggregation_normaliser, divergence, k3_kl, topk_tail
-from agentgym.learners.signal import teacher_signal
+from agentgym.learners.engine import Engine
+from agentgym.learners.losses import aggregation_normaliser, divergence, topk_tail
+from agentgym.learners.samples import Batch, Sample, action_log_probs, plan_micro_batches
+from agentgym.learners.settings import DistillSettings, LearnerSettings, PPOSettings, TeacherSettings
+from agentgym.learners.signal import SIGNAL_METRICS, teacher_signal
 
-__all__ = ["Sample", "Batch", "Learner", "LearnerSettings", "PPOSettings", "TeacherSettings", "DistillSettings",
-           "TeacherWeights", "TeacherContext", "plan_micro_batches", "action_log_probs", "LEARNERS", "register"]
+__all__ = ["Sample", "Batch", "Learner", "Forward", "Engine", "LearnerSettings", "PPOSettings", "TeacherSettings",
+           "DistillSettings", "TeacherWeights", "TeacherContext", "plan_micro_batches", "action_log_probs", "LEARNERS",
+           "register"]
 
 
 def register(cls: type["Learner"]) -> type["Learner"]:
@@ -49,219 +50,6 @@ def register(cls: type["Learner"]) -> type["Learner"]:
     return LEARNERS.register(cls.name, cls)
 
 
-# ------------------------------------------------------------------------------------------ data
-@dataclass
-class Sample:
-    """One step of one trajectory as a training sample."""
-
-    traj: int  # index of the trajectory in the batch
-    step: int  # step index in that trajectory
-    context: list[int]  # exact prompt ids of the step
-    action: list[int]  # exact sampled ids
-    old_logprobs: list[float] | None = None  # sampling log-probs (PPO ratio denominator)
-    reward: float = 0.0
-    group: str = ""
-    advantage: float = 0.0
-    target: Target | None = None  # the selected span + hint of this step, if any
-    teacher_context: list[int] | None = None  # context + feedback message, when a teacher scores it
-    token_mask: list[float] = field(default_factory=list)  # per action token: 1 where the loss applies
-    # True: the sample adds exactly 0 to the loss numerator (a zero advantage without a KL term), so
-    # its forward pass is skipped; its tokens still count in the aggregation's denominator.
-    skip_forward: bool = False
-    text: str = ""  # the step's action_text (what env.step received)
-    reported_span: Any = None  # the env's info["action_span"] ([start, end) characters of text), if any
-    reweight_span: tuple[int, int] | None = None  # SERL: the action-content tokens it reweights
-    last_message: Message | None = None  # the turn right before the generation prompt (SERL rewrites it)
-    reference_action: list[int] | None = None  # the env's reference action ids here, if it has one (diagnostics)
-
-    def __len__(self) -> int:
-        return len(self.context) + len(self.action)
-
-    def span_mask(self) -> list[float]:
-        """1.0 on the target span's tokens, 0 elsewhere (all zeros without a target)."""
-        mask = [0.0] * len(self.action)
-        if self.target is not None:
-            start, end = self.target.span
-            for i in range(max(0, start), min(end, len(self.action))):
-                mask[i] = 1.0
-        return mask
-
-
-def last_turns(trajectory: Trajectory) -> list[Message | None]:
-    """Per step, the message right before its generation prompt: the last initial message for the
-    first step, then the last message of the previous step's reply (None where there is none)."""
-    out: list[Message | None] = []
-    last = trajectory.messages[-1] if trajectory.messages else None
-    for step in trajectory.steps:
-        out.append(last)
-        last = step.reply[-1] if step.reply else None
-    return out
-
-
-@dataclass
-class Batch:
-    """Trajectories of one update and the targets selected on each (same order). ``references``:
-    the env's reference action ids at (trajectory index, step index), where it has one; the
-    teacher-signal diagnostic scores them (``agentgym.learners.signal``)."""
-
-    trajectories: list[Trajectory]
-    targets: list[list[Target]] | None = None
-    references: dict[tuple[int, int], list[int]] | None = None
-
-    def __post_init__(self):
-        if self.targets is None:
-            self.targets = [[] for _ in self.trajectories]
-        if len(self.targets) != len(self.trajectories):
-            raise ValueError(f"{len(self.targets)} target lists for {len(self.trajectories)} trajectories")
-
-    def samples(self) -> tuple[list[Sample], Counter]:
-        """Every step with recorded ids as a Sample (its target attached); counts what was skipped."""
-        out, counts = [], Counter()
-        for i, (traj, targets) in enumerate(zip(self.trajectories, self.targets)):
-            by_step = {t.step: t for t in targets}
-            for step, last in zip(traj.steps, last_turns(traj)):
-                if not step.action_ids or not step.prompt_ids:
-                    counts["steps_without_ids"] += 1
-                    continue
-                out.append(Sample(traj=i, step=step.index, context=list(step.prompt_ids),
-                                  action=list(step.action_ids),
-                                  old_logprobs=list(step.action_logprobs) or None,
-                                  reward=float(traj.final_reward), group=traj.group_id or f"#{i}",
-                                  target=by_step.get(step.index), text=step.action_text,
-                                  reported_span=step.info.get(ACTION_SPAN_KEY), last_message=last,
-                                  reference_action=(self.references or {}).get((i, step.index))))
-        return out, counts
-
-
-def plan_micro_batches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
-    """Group sample indices so that rows x longest-row <= ``token_budget`` (padded tokens).
-
-    Longest first, greedy; a sample longer than the budget gets a micro-batch of its own.
-    """
-    if token_budget < 1:
-        raise ValueError(f"token_budget must be >= 1, got {token_budget}")
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        width = max([lengths[j] for j in current] + [lengths[i]])
-        if current and width * (len(current) + 1) > token_budget:
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
-
-
-# ------------------------------------------------------------------------------------------ forward
-def action_log_probs(model: Any, contexts: Sequence[Sequence[int]], actions: Sequence[Sequence[int]], *,
-                     pad_id: int, temperature: float = 1.0, params: dict[str, torch.Tensor] | None = None,
-                     ) -> list[torch.Tensor]:
-    """Full-vocabulary log-probs ``[len(action), vocab]`` at each action token, one tensor per row.
-
-    One left-padded forward over context + action (explicit position ids, so padding does not shift
-    positions); only the last ``max(len(action)) + 1`` positions are projected to the vocabulary.
-    ``params``: parameter overrides applied with ``torch.func.functional_call`` (plain models only;
-    the learners swap teacher weights in with ``agentgym.sharding.swapped``, which works sharded).
-    """
-    device = next(model.parameters()).device
-    seqs = [list(c) + list(a) for c, a in zip(contexts, actions)]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, s in enumerate(seqs):
-        ids[row, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[row, width - len(s):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    keep = max(len(a) for a in actions) + 1
-    kwargs = dict(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                  logits_to_keep=keep, use_cache=False)
-    if params:
-        logits = torch.func.functional_call(model, params, args=(), kwargs=kwargs, strict=False).logits
-    else:
-        logits = model(**kwargs).logits
-    logits = logits[:, -keep:]
-    out = []
-    for row, a in enumerate(actions):
-        m = len(a)
-        # position j predicts token j + 1: the action's m tokens are predicted by the m positions
-        # before the last one.
-        out.append(torch.log_softmax(logits[row, keep - 1 - m:keep - 1].float() / temperature, dim=-1))
-    return out
-
-
-# ------------------------------------------------------------------------------------------ settings
-class LearnerSettings(BaseModel):
-    """Hyper-parameters every learner has. A learner's ``Settings`` class extends this with its own
-    fields (and the mixins below); the run config's ``[learner]`` section is exactly that class, so a
-    new learner's settings reach ``--help`` and config files without touching the core."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    lr: float = Field(5e-6, gt=0, allow_inf_nan=False, description="AdamW learning rate")
-    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False, description="AdamW weight decay")
-    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1")
-    beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2")
-    grad_clip: float = Field(1.0, gt=0, allow_inf_nan=False, description="gradient-norm clip")
-    token_budget: int = Field(16384, ge=1, le=1 << 24, description="padded tokens per micro-batch")
-    kl_coef: float = Field(0.0, ge=0, allow_inf_nan=False, description="k3 KL to the initial policy")
-    loss_aggregation: Literal[AGGREGATIONS] = Field(
-        "token_mean", description="how per-token losses become the loss: 'token_mean' (verl's default: sum over "
-        "all loss tokens of the update / their number, zero-advantage samples' tokens included), "
-        "'seq_mean_token_mean' (mean over samples of each sample's token mean), 'constant' (Dr.GRPO: sum / "
-        "(loss_constant x number of samples)); all normalisers are global (all processes, all micro-batches)")
-    loss_constant: float = Field(512.0, gt=0, allow_inf_nan=False,
-                                 description="tokens per sample of the 'constant' aggregation's divisor (Dr.GRPO's "
-                                 "fixed length; set it to the run's max_new_tokens - 512 in SERL's reference)")
-
-
-class PPOSettings(BaseModel):
-    """The clipped-surrogate fields of the policy-gradient learners."""
-
-    clip_eps: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip")
-    dual_clip: float | None = Field(3.0, gt=1, allow_inf_nan=False, description="dual clip for negative advantages (None: off)")
-    old_logprobs: Literal["rollout", "recompute"] = Field("rollout", description="PPO ratio denominator: the "
-                                                          "sampling log-probs, or a no-grad forward before the step")
-
-
-class TeacherSettings(BaseModel):
-    """Which weights a teacher scores with (fixed copy, EMA, hard refresh, or the current student)."""
-
-    teacher: Literal["fixed", "ema", "refresh", "current"] = Field("ema", description="teacher weights")
-    teacher_rate: float = Field(0.001, gt=0, le=1, description="EMA rate (theta_T <- (1-rate) theta_T + rate theta_S)")
-    teacher_every: int = Field(10, ge=1, description="hard-refresh interval in updates (teacher = 'refresh')")
-
-
-class DistillSettings(TeacherSettings):
-    """Token-level distillation from a teacher distribution."""
-
-    topk: int = Field(100, ge=0, description="distillation over the student's top-k + tail (0: full vocabulary)")
-    distill_temperature: float = Field(1.0, gt=0, allow_inf_nan=False,
-                                       description="temperature of the student and teacher distributions that are "
-                                       "distilled (1: the raw distributions, as HINT-SD's reference; the rollout's "
-                                       "sampling temperature is not applied)")
-    kl_direction: str | float = Field("reverse", description="'forward', 'reverse', 'jsd' or SDPO's alpha in [0, 1]")
-
-    @field_validator("kl_direction")
-    @classmethod
-    def _direction(cls, v):
-        if isinstance(v, str) and v not in DIRECTIONS:
-            try:
-                v = float(v)
-            except ValueError:
-                raise ValueError(f"must be one of {sorted(DIRECTIONS)} or a float in [0, 1], got {v!r}") from None
-        if isinstance(v, float) and not 0 <= v <= 1:
-            raise ValueError(f"alpha must be in [0, 1], got {v}")
-        return v
-
-    @property
-    def alpha(self) -> float:
-        """0 forward KL, 1 reverse KL, 0.5 JSD."""
-        return DIRECTIONS[self.kl_direction] if isinstance(self.kl_direction, str) else float(self.kl_direction)
-
-
-# ------------------------------------------------------------------------------------------ learner
 @dataclass
 class Forward:
     """What a learner's objective gets for one micro-batch: the student's full log-probs at the
@@ -335,7 +123,6 @@ class Learner(abc.ABC):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.uses_teacher:  # every teacher-using learner reports the teacher-signal diagnostic
-            from agentgym.learners.signal import SIGNAL_METRICS
             cls.metrics = {**cls.metrics, **SIGNAL_METRICS}
 
     def __init__(self, model: torch.nn.Module | None = None, tokenizer: Any = None,
@@ -351,8 +138,7 @@ class Learner(abc.ABC):
         self.settings = self.Settings.model_validate({**given, **overrides})
         self.temperature = temperature  # log-probs of the temperature-scaled distribution, as sampled
         self.prompts = prompts or PROMPTS  # the teacher turn's wording (Prompts.teacher_hint / teacher_privileged)
-        self.model = None
-        self.updates = 0  # optimiser steps taken
+        self.engine: Engine | None = None  # the model, optimiser and accelerator, once bound
         self.stats: Counter = Counter()
         if model is not None:
             if tokenizer is None:
@@ -362,44 +148,26 @@ class Learner(abc.ABC):
     def bind(self, model: torch.nn.Module, tokenizer: Any, *, accelerator: Any = None,
              optimizer: torch.optim.Optimizer | None = None, temperature: float | None = None,
              prompts: Prompts | None = None) -> "Learner":
-        """Attach the model to train (optimizer, teacher weights, accelerator wrapping); ``prompts``
-        words the teacher turn (default: the learner's, else the built-in wording)."""
+        """Attach the model to train (its ``Engine``: optimizer, accelerator wrapping, teacher and
+        reference weights); ``prompts`` words the teacher turn (default: the learner's, else the
+        built-in wording)."""
         s = self.settings
         if temperature is not None:
             self.temperature = temperature
         if prompts is not None:
             self.prompts = prompts
-        self.accelerator = accelerator
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        if not trainable:
-            raise ValueError("the model has no trainable parameters (LoRA not attached, or all frozen)")
-        self.optimizer = optimizer or torch.optim.AdamW(trainable, lr=s.lr, betas=(s.beta1, s.beta2),
-                                                        weight_decay=s.weight_decay)
-        if accelerator is not None:
-            if self._deepspeed:
-                self._deepspeed_defaults()
-            self.model, self.optimizer = accelerator.prepare(model, self.optimizer)
-        else:
-            self.model = model
-        # FSDP2 DTensor / ZeRO-3 parameters: every forward is a collective, so every process runs the
-        # same passes (teacher and reference ones included), and the second weight sets below hold
-        # this process's shard only.
-        self.sharded = is_sharded(self.unwrapped)
-        if any(is_zero3(p) for p in self.unwrapped.parameters()) and (self.uses_teacher or s.kl_coef > 0):
+        self.engine = Engine(model, self.pad_id, s, accelerator=accelerator, optimizer=optimizer)
+        if self.engine.zero3 and (self.uses_teacher or s.kl_coef > 0):
             # ZeRO-3 keeps small parameters (LoRA matrices among them) gathered in p.data beside their
             # partition, so swapping partitions would not swap them: refused rather than wrong.
             raise NotImplementedError(f"{self.name} holds a teacher or a KL reference, which is not supported under "
                                       "DeepSpeed ZeRO-3; use FSDP2 (configs/accelerate/fsdp2_*.yaml) or ZeRO-2")
-        self.mirror: torch.nn.Module | None = None  # see attach_mirror
-        self.serve_teacher = False
-        self._mirror_teacher: dict[str, torch.Tensor] = {}
-        self.teacher_weights = TeacherWeights(self.unwrapped, s.teacher, s.teacher_rate, s.teacher_every) \
-            if self.uses_teacher else None
-        self._reference: dict[str, torch.Tensor] | None = None
+        if self.uses_teacher:
+            self.engine.keep_teacher(s.teacher, s.teacher_rate, s.teacher_every)
         if s.kl_coef > 0:
-            self._reference = snapshot(self.unwrapped)
+            self.engine.keep_reference()
         kind = type(self).teacher_context_kind
         self.teacher_context = kind(tokenizer, getattr(self.prompts, kind.prompt_field))
         self._context_warned = False
@@ -413,71 +181,56 @@ class Learner(abc.ABC):
         changed = self.settings.model_dump(exclude_defaults=True)
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
 
-    # ---------------------------------------------------------------- plumbing
+    # ---------------------------------------------------------------- the engine's, for objectives
+    @property
+    def model(self) -> torch.nn.Module | None:
+        """The model as the accelerator prepared it (None until bound)."""
+        return self.engine.model if self.engine is not None else None
+
     @property
     def unwrapped(self) -> torch.nn.Module:
-        return self.accelerator.unwrap_model(self.model) if self.accelerator is not None else self.model
+        return self.engine.unwrapped
 
     @property
     def served(self) -> torch.nn.Module:
-        """The unsharded model that rollouts generate with and that is exported: the mirror of a
-        sharded model, else the model itself."""
-        return self.mirror if self.mirror is not None else self.unwrapped
-
-    def attach_mirror(self, mirror: torch.nn.Module) -> None:
-        """Keep ``mirror`` (an unsharded copy of the model, same parameter names) equal to the
-        sharded weights: refreshed after every optimiser step and every ``load_state_dict`` by
-        gathering the trainable parameters one at a time (a collective: the update and the resume
-        run on every process). Rollouts generate token by token, a different number of forwards per
-        process, which a sharded model cannot serve (each of its forwards is a collective)."""
-        self.mirror = mirror
-        self._refresh_mirror()
-
-    def _refresh_mirror(self) -> None:
-        if self.mirror is None:
-            return
-        named = dict(self.mirror.named_parameters())
-        with torch.no_grad():
-            for n, p in self.unwrapped.named_parameters():
-                if p.requires_grad:
-                    named[n].copy_(full(p, p))
-            if self.serve_teacher and self.teacher_weights is not None and self.teacher_weights.params:
-                self._mirror_teacher = {n: full(t).to(named[n].device, named[n].dtype)
-                                        for n, t in self.teacher_weights.params.items()}
-
-    def want_teacher_generation(self) -> None:
-        """A feedback writer generates with the teacher weights (``teacher_generation``): under
-        sharding the mirror then also keeps a whole copy of the teacher, refreshed per update."""
-        if not self.serve_teacher:
-            self.serve_teacher = True
-            self._refresh_mirror()
-
-    def teacher_generation(self):
-        """Context in which ``served`` generates with the teacher's weights."""
-        tw = self.teacher_weights
-        if tw is None or not tw.params:
-            return contextlib.nullcontext()
-        if self.mirror is None:
-            return tw.swapped_in(self.unwrapped)
-        if not self._mirror_teacher:
-            raise RuntimeError("teacher_generation on a sharded learner needs want_teacher_generation() first")
-        return swapped(self.mirror, self._mirror_teacher)
+        return self.engine.served
 
     @property
-    def world_size(self) -> int:
-        return self.accelerator.num_processes if self.accelerator is not None else 1
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.engine.optimizer
 
-    def _all_sum(self, value: float) -> float:
-        return self._all_reduce(value, "sum")
+    @property
+    def sharded(self) -> bool:
+        return self.engine.sharded
 
-    def _all_reduce(self, value: float, op: str) -> float:
-        if self.world_size == 1:
-            return value
-        import torch.distributed as dist
-        t = torch.tensor([float(value)], dtype=torch.float64, device=self.accelerator.device)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
-        return float(t.item())
+    @property
+    def teacher_weights(self) -> TeacherWeights | None:
+        return self.engine.teacher_weights
 
+    @property
+    def updates(self) -> int:
+        """Optimiser steps taken (SERL's lambda and the teacher's refresh count them)."""
+        return self.engine.updates if self.engine is not None else 0
+
+    @updates.setter
+    def updates(self, value: int) -> None:
+        self.engine.updates = value
+
+    # The ``agents.teachers.TeacherWeightsHost`` interface (a feedback writer generating with the teacher).
+    def want_teacher_generation(self) -> None:
+        self.engine.want_teacher_generation()
+
+    def teacher_generation(self) -> ContextManager[None]:
+        return self.engine.teacher_generation()
+
+    # The ``agentgym.checkpoint.Checkpointable`` state (the engine's: updates, optimizer, teacher, reference).
+    def state_dict(self) -> dict[str, Any]:
+        return self.engine.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.engine.load_state_dict(state)
+
+    # ---------------------------------------------------------------- log-probs
     @property
     def student_temperature(self) -> float:
         """Temperature of the log-probs the objective sees (student and teacher alike): the
@@ -489,14 +242,9 @@ class Learner(abc.ABC):
         return self.temperature
 
     def log_probs(self, contexts, actions, params=None, temperature: float | None = None) -> list[torch.Tensor]:
-        """Log-probs under the student (with grad, through the prepared model) or, with ``params``,
-        under those weights swapped into the model (no autograd graph may be alive: the update runs
-        these passes before the student's forward)."""
+        """Log-probs under the student (with grad) or, with ``params``, under those weights (``Engine.log_probs``)."""
         temperature = self.student_temperature if temperature is None else temperature
-        if params is None:
-            return action_log_probs(self.model, contexts, actions, pad_id=self.pad_id, temperature=temperature)
-        with swapped(self.unwrapped, params):
-            return action_log_probs(self.unwrapped, contexts, actions, pad_id=self.pad_id, temperature=temperature)
+        return self.engine.log_probs(contexts, actions, temperature=temperature, params=params)
 
     @torch.no_grad()
     def teacher_log_probs(self, samples: Sequence[Sample], *, collective: bool = False) -> list[torch.Tensor | None]:
@@ -519,11 +267,12 @@ class Learner(abc.ABC):
 
     @torch.no_grad()
     def reference_log_probs(self, samples: Sequence[Sample], *, collective: bool = False) -> list[torch.Tensor]:
+        reference = self.engine.reference
         if not samples:
             if collective:
-                self.log_probs([[self.pad_id]], [[self.pad_id]], params=self._reference, temperature=self.temperature)
+                self.log_probs([[self.pad_id]], [[self.pad_id]], params=reference, temperature=self.temperature)
             return []
-        lps = self.log_probs([s.context for s in samples], [s.action for s in samples], params=self._reference,
+        lps = self.log_probs([s.context for s in samples], [s.action for s in samples], params=reference,
                              temperature=self.temperature)  # the k3 KL compares sampling distributions
         return [lp.gather(-1, torch.tensor(s.action, device=lp.device).unsqueeze(-1)).squeeze(-1)
                 for lp, s in zip(lps, samples)]
@@ -583,6 +332,7 @@ class Learner(abc.ABC):
     def update(self, batch: Batch) -> dict[str, float]:
         """One optimiser step on ``batch``; returns metrics (loss = the aggregated objective)."""
         started = time.perf_counter()
+        engine = self.engine
         self.stats = Counter()
         samples, counts = batch.samples()
         self.stats.update(counts)
@@ -595,95 +345,107 @@ class Learner(abc.ABC):
         trained = [s for s in counted if not s.skip_forward]
         mode = self.settings.loss_aggregation
         # global normaliser: every process's loss tokens / samples, those of skipped (zero) samples too
-        norm = aggregation_normaliser(mode, self._all_sum(loss_tokens) if mode == "token_mean" else 0.0,
-                                      self._all_sum(len(counted)) if mode != "token_mean" else 0.0,
+        norm = aggregation_normaliser(mode, engine.all_sum(loss_tokens) if mode == "token_mean" else 0.0,
+                                      engine.all_sum(len(counted)) if mode != "token_mean" else 0.0,
                                       self.settings.loss_constant)
         metrics: dict[str, float] = {"num_samples": len(samples), "loss_tokens": loss_tokens,
                                      "action_tokens": action_tokens, "trained_samples": float(len(trained)),
                                      "zero_advantage_samples": float(len(counted) - len(trained)),
                                      "distilled_token_fraction": 0.0}
-        self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
+        sums, loss_local = self._accumulate(trained, norm)
+        grad_norm = engine.clip()
+        bad = not (math.isfinite(loss_local) and math.isfinite(grad_norm))
+        skipped = engine.any_process(bad)  # every process skips, or none does
+        crash_point("optimizer", self.updates)
+        if skipped:
+            # A NaN/inf loss or gradient never reaches the weights, the optimiser moments or the teacher.
+            engine.discard()
+            warnings.warn(f"{self.name}: non-finite loss ({loss_local}) or gradient norm ({grad_norm}) at update "
+                          f"{self.updates}; the optimiser step was skipped (weights unchanged)", RuntimeWarning,
+                          stacklevel=2)
+        else:
+            engine.step()
+        metrics.update({k: float(v) for k, v in sums.items()})
+        metrics["loss"] = engine.all_sum(loss_local)
+        metrics["grad_norm"] = grad_norm
+        metrics["skipped_nonfinite"] = float(skipped)
+        metrics["distilled_token_fraction"] = sums.get("distill_tokens", 0.0) / action_tokens if action_tokens else 0.0
+        metrics.update(self._counted_metrics(trained, metrics, signal))
+        metrics["update_seconds"] = time.perf_counter() - started
+        return metrics
+
+    def _accumulate(self, trained: list[Sample], norm: float) -> tuple[Counter, float]:
+        """Forward and backward of ``trained`` in token-budgeted micro-batches, gradients scaled by
+        the global normaliser ``norm``; returns the objective's metric sums and this process's share
+        of the aggregated loss."""
+        engine = self.engine
+        engine.start_step()
         sums: Counter = Counter()
-        loss_local = 0.0  # this process's share of the aggregated loss
+        loss_local = 0.0
         # DDP averages gradients over processes, hence x world
-        scale = self.world_size / norm if norm > 0 else 0.0
+        scale = engine.world_size / norm if norm > 0 else 0.0
         plans = plan_micro_batches([len(s) for s in trained], self.settings.token_budget) if trained else []
         # Every process must run the same number of backward passes under DDP: pad with empty passes.
-        n_micro = int(self._all_max(len(plans)))
+        n_micro = int(engine.all_max(len(plans)))
         # Which micro-batches need a teacher pass (any process's, when sharded: the pass is collective).
         scored = [float(i < len(plans) and scale > 0 and any(trained[j].teacher_context is not None for j in plans[i]))
                   for i in range(n_micro)]
         if self.sharded:
-            scored = self._all_max_list(scored)
+            scored = engine.all_max_list(scored)
         for i in range(n_micro):
             mb = [trained[j] for j in plans[i]] if i < len(plans) else []
             active = bool(mb) and scale > 0
             sync = i == n_micro - 1
-            ctx = contextlib.nullcontext() if sync or self.accelerator is None else self.accelerator.no_sync(self.model)
             # Teacher and reference passes first: their weights are swapped in while no graph is alive.
             teacher = ref = None
             if active or self.sharded:
                 here = mb if active else []
                 extra = {"collective": True} if self.sharded else {}
                 teacher = self.teacher_log_probs(here, **extra) if scored[i] else [None] * len(here)
-                if self._reference is not None:
+                if engine.reference is not None:
                     ref = self.reference_log_probs(here, **extra)
-            with ctx:
+            with engine.accumulating(sync):
                 if active:
-                    student = self.log_probs([s.context for s in mb], [s.action for s in mb])
-                    fwd = Forward(self, mb, student, _teacher=teacher, _ref=ref)
-                    if mode == "seq_mean_token_mean":  # each sample's token mean, then the mean over samples
-                        loss = student[0].new_zeros(())
-                        for row, s in enumerate(mb):
-                            part, m = self.objective(fwd.subset([row]))
-                            sums.update(m)
-                            loss = loss + part / float(sum(s.token_mask))
-                    else:
-                        loss, m = self.objective(fwd)
-                        sums.update(m)
-                    if teacher is not None:
-                        sums.update(self._teacher_kl(mb, student, teacher))
+                    loss = self._micro_batch_loss(mb, teacher, ref, sums)
                     loss_local += float(loss.detach()) / norm
-                    self._backward(loss * scale, sync)
-                elif self.world_size > 1:
-                    self._backward(self._empty_pass(), sync)
-        grad_norm = self._clip()
-        bad = not (math.isfinite(loss_local) and math.isfinite(grad_norm))
-        skipped = self._any_process(bad)  # every process skips, or none does
-        crash_point("optimizer", self.updates)
-        if skipped:
-            # A NaN/inf loss or gradient never reaches the weights, the optimiser moments or the teacher.
-            self.optimizer.zero_grad(set_to_none=True)
-            warnings.warn(f"{self.name}: non-finite loss ({loss_local}) or gradient norm ({grad_norm}) at update "
-                          f"{self.updates}; the optimiser step was skipped (weights unchanged)", RuntimeWarning,
-                          stacklevel=2)
+                    engine.backward(loss * scale, sync)
+                elif engine.world_size > 1:
+                    engine.backward(engine.empty_pass(self.student_temperature), sync)
+        return sums, loss_local
+
+    def _micro_batch_loss(self, mb: list[Sample], teacher: list[torch.Tensor | None] | None,
+                          ref: list[torch.Tensor] | None, sums: Counter) -> torch.Tensor:
+        """The student's forward and the objective of one micro-batch (its metrics added to ``sums``)."""
+        student = self.log_probs([s.context for s in mb], [s.action for s in mb])
+        fwd = Forward(self, mb, student, _teacher=teacher, _ref=ref)
+        if self.settings.loss_aggregation == "seq_mean_token_mean":  # each sample's token mean, then the mean over samples
+            loss = student[0].new_zeros(())
+            for row, s in enumerate(mb):
+                part, m = self.objective(fwd.subset([row]))
+                sums.update(m)
+                loss = loss + part / float(sum(s.token_mask))
         else:
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.updates += 1
-            if self.teacher_weights is not None:
-                self.teacher_weights.after_update(self.unwrapped, self.updates)
-            self._refresh_mirror()
-        metrics.update({k: float(v) for k, v in sums.items()})
-        metrics["loss"] = self._all_sum(loss_local)
-        metrics["grad_norm"] = grad_norm
-        metrics["skipped_nonfinite"] = float(skipped)
-        metrics["distilled_token_fraction"] = sums.get("distill_tokens", 0.0) / action_tokens if action_tokens else 0.0
-        metrics["teacher_calls"] = float(self.stats["teacher_calls"])
-        metrics["teacher_tokens"] = float(self.stats["teacher_tokens"])
-        metrics["empty_batches"] = float(not trained)
-        metrics["steps_without_ids"] = float(self.stats["steps_without_ids"])
+            loss, m = self.objective(fwd)
+            sums.update(m)
+        if teacher is not None:
+            sums.update(self._teacher_kl(mb, student, teacher))
+        return loss
+
+    def _counted_metrics(self, trained: list[Sample], metrics: dict[str, float],
+                         signal: dict[str, float]) -> dict[str, float]:
+        """The update's counters (teacher calls and tokens, empty batches, steps without ids), the
+        teacher's KL and signal, and the learner's own ``extra_metrics``; pops the KL sums."""
+        out = {"teacher_calls": float(self.stats["teacher_calls"]), "teacher_tokens": float(self.stats["teacher_tokens"]),
+               "empty_batches": float(not trained), "steps_without_ids": float(self.stats["steps_without_ids"])}
         if self.uses_teacher:
             kl_tokens = metrics.pop("teacher_kl_tokens", 0.0)
             kl_sum = metrics.pop("teacher_kl_sum", 0.0)
             if kl_tokens:
-                metrics["teacher_kl"] = kl_sum / kl_tokens
-            metrics["teacher_context_errors"] = float(self.stats["teacher_context_errors"])
-            metrics.update(signal)
-        metrics.update(self.extra_metrics())
-        metrics["update_seconds"] = time.perf_counter() - started
-        return metrics
+                out["teacher_kl"] = kl_sum / kl_tokens
+            out["teacher_context_errors"] = float(self.stats["teacher_context_errors"])
+            out.update(signal)
+        out.update(self.extra_metrics())
+        return out
 
     @torch.no_grad()
     def _teacher_kl(self, mb: Sequence[Sample], student: Sequence[torch.Tensor],
@@ -699,100 +461,3 @@ class Learner(abc.ABC):
             total += float((divergence(st, tt, 1.0) * mask).sum())
             n += float(mask.sum())
         return {"teacher_kl_sum": total, "teacher_kl_tokens": n}
-
-    def _all_max(self, value: float) -> float:
-        return self._all_reduce(value, "max")
-
-    def _all_max_list(self, values: list[float]) -> list[float]:
-        if self.world_size == 1 or not values:
-            return values
-        import torch.distributed as dist
-        t = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return t.tolist()
-
-    def _any_process(self, flag: bool) -> bool:
-        """Whether ``flag`` is true on any process (all-reduced, so all processes agree)."""
-        return self._all_max(float(flag)) > 0
-
-    def _empty_pass(self) -> torch.Tensor:
-        # Under DDP every process must run as many forward/backward passes as the others: a process
-        # with fewer micro-batches runs a one-token forward through the wrapped model with weight 0.
-        [lp] = self.log_probs([[self.pad_id]], [[self.pad_id]])
-        return lp.sum() * 0.0
-
-    def _backward(self, loss: torch.Tensor, sync: bool = True) -> None:
-        if self.accelerator is not None:
-            if self._deepspeed:
-                # DeepSpeed steps its engine inside backward on a gradient-accumulation boundary:
-                # the boundary is this update's last micro-batch.
-                self.accelerator.gradient_state._set_sync_gradients(sync)
-            self.accelerator.backward(loss)
-        else:
-            loss.backward()
-
-    def _deepspeed_defaults(self) -> None:
-        """accelerate's DeepSpeed config leaves the micro-batch size 'auto' (filled from a dataloader,
-        which a learner has none of: its micro-batches are token-budgeted) and the clip 'auto'."""
-        config = self.accelerator.state.deepspeed_plugin.deepspeed_config
-        if config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
-            config["train_micro_batch_size_per_gpu"] = 1
-        if config.get("gradient_clipping", "auto") == "auto":
-            config["gradient_clipping"] = self.settings.grad_clip
-        if config.get("gradient_accumulation_steps", "auto") == "auto":
-            config["gradient_accumulation_steps"] = 1
-        # The learner's optimizer is torch's (AdamW, or the one passed to bind): ZeRO wraps it.
-        config.setdefault("zero_allow_untested_optimizer", True)
-
-    @property
-    def _deepspeed(self) -> bool:
-        return self.accelerator is not None and str(getattr(self.accelerator, "distributed_type", "")).endswith("DEEPSPEED")
-
-    def _clip(self) -> float:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if self.sharded and not self._deepspeed:
-            # FSDP2: torch's clip works on DTensor gradients (the norm is reduced over the shards).
-            # accelerate's FSDP branch compares parameter lists with ==, which raises for tensors
-            # once it holds another prepared model.
-            norm = torch.nn.utils.clip_grad_norm_(params, self.settings.grad_clip)
-        elif self.accelerator is not None:
-            norm = self.accelerator.clip_grad_norm_(params, self.settings.grad_clip)
-        else:
-            norm = torch.nn.utils.clip_grad_norm_(params, self.settings.grad_clip)
-        if is_dtensor(norm):  # FSDP2: the global norm, replicated
-            norm = norm.full_tensor()
-        norm = float(norm) if norm is not None else 0.0
-        return norm if math.isfinite(norm) else float("nan")
-
-    # ---------------------------------------------------------------- checkpoint state
-    def state_dict(self) -> dict[str, Any]:
-        """Updates, optimizer, teacher and reference weights, every tensor whole and on CPU (sharded
-        ones gathered: a collective, so every process calls it), the same for a sharded run as for
-        one process."""
-        return {"updates": self.updates, "optimizer": full_state(self.optimizer.state_dict()),
-                "teacher": self.teacher_weights.state_dict() if self.teacher_weights is not None else None,
-                "reference": {n: full(t) for n, t in self._reference.items()} if self._reference else None}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore ``state_dict()`` (whole tensors; each process keeps its shard of sharded ones)."""
-        self.updates = int(state["updates"])
-        self.optimizer.load_state_dict(self._shard_optimizer_state(state["optimizer"]))
-        if self.teacher_weights is not None and state.get("teacher"):
-            self.teacher_weights.load_state_dict(state["teacher"])
-        if self._reference is not None and state.get("reference"):
-            for n, t in state["reference"].items():
-                load_full(self._reference[n], t)
-        self._refresh_mirror()
-
-    def _shard_optimizer_state(self, state: dict[str, Any]) -> dict[str, Any]:
-        """A whole optimizer state dict laid out like the parameters (DTensor moments under FSDP2)."""
-        if not self.sharded:
-            return state
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        out = {**state, "state": {}}
-        for idx, per_param in state["state"].items():
-            p = params[int(idx)]
-            out["state"][idx] = {k: shard_as(v, p) if isinstance(v, torch.Tensor) and v.shape == p.shape else v
-                                 for k, v in per_param.items()}
-        return out
-

@@ -8,7 +8,9 @@ one feedback message; steps for which the feedback source produced no hint are c
 
 from __future__ import annotations
 
-from agentgym.learners.base import Batch, DistillSettings, Forward, Learner, LearnerSettings, Sample, register
+from agentgym.learners.base import Forward, Learner, register
+from agentgym.learners.samples import Batch, Sample
+from agentgym.learners.settings import DistillSettings, LearnerSettings
 
 __all__ = ["DenseSD", "DenseSDSettings"]
 

@@ -39,7 +39,8 @@ from typing import Any, Hashable, Literal, NamedTuple, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentgym.feedback.anchors import cluster_states, state_of
-from agentgym.learners.base import Batch, Sample, register
+from agentgym.learners.base import register
+from agentgym.learners.samples import Batch, Sample
 from agentgym.learners.grpo import GRPO, GRPOSettings
 from agentgym.learners.losses import ZERO_ADVANTAGE_TOL, snap_zero
 from agentgym.types import Trajectory

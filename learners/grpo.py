@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from agentgym.learners.base import Batch, Forward, Learner, LearnerSettings, PPOSettings, Sample, register
+from agentgym.learners.base import Forward, Learner, register
+from agentgym.learners.samples import Batch, Sample
+from agentgym.learners.settings import LearnerSettings, PPOSettings
 from agentgym.learners.losses import group_advantages, k3_kl, ppo_token_loss
 
 __all__ = ["GRPO", "GRPOSettings", "assign_group_advantages"]

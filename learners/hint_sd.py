@@ -11,7 +11,9 @@ whatever temperature the rollout sampled at. No reward term, no ratio, no clippi
 
 from __future__ import annotations
 
-from agentgym.learners.base import Batch, DistillSettings, Forward, Learner, LearnerSettings, Sample, register
+from agentgym.learners.base import Forward, Learner, register
+from agentgym.learners.samples import Batch, Sample
+from agentgym.learners.settings import DistillSettings, LearnerSettings
 
 __all__ = ["HintSD", "HintSDSettings"]
 

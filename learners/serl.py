@@ -35,8 +35,10 @@ from pydantic import Field
 
 from agentgym.agents.teachers import RewrittenLastTurn
 from agentgym.feedback.spans import action_token_span
-from agentgym.learners.base import Batch, Forward, Sample, TeacherSettings, register
+from agentgym.learners.base import Forward, register
 from agentgym.learners.grpo import GRPO, GRPOSettings, assign_group_advantages
+from agentgym.learners.samples import Batch, Sample
+from agentgym.learners.settings import TeacherSettings
 
 __all__ = ["SERL", "SERLSettings", "serl_lambda", "serl_weights"]
 

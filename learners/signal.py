@@ -26,8 +26,10 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-if TYPE_CHECKING:  # pragma: no cover
-    from agentgym.learners.base import Learner, Sample
+from agentgym.learners.samples import Sample, plan_micro_batches
+
+if TYPE_CHECKING:  # pragma: no cover - base imports this module (the learner is only a type here)
+    from agentgym.learners.base import Learner
 
 __all__ = ["TeacherSignal", "teacher_signal", "SIGNAL_METRICS", "signal_problem"]
 
@@ -66,7 +68,6 @@ def _mean_logp(lps: list[torch.Tensor], actions: Sequence[Sequence[int]]) -> lis
 def teacher_signal(learner: "Learner", samples: Sequence["Sample"]) -> TeacherSignal:
     """Score each sample's reference action under its teacher context (teacher weights) and its
     student context (current weights). Runs before the optimiser step; empty when no sample has both."""
-    from agentgym.learners.base import plan_micro_batches
     rows = [s for s in samples if s.teacher_context is not None and s.reference_action]
     out = TeacherSignal()
     if not rows:

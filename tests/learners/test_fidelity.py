@@ -364,7 +364,7 @@ def test_a_non_finite_gradient_skips_the_step_and_all_processes_agree(tiny_model
     assert all(torch.equal(before[n], v) for n, v in _trainable(model).items())
     _same_state(opt, learner.optimizer.state_dict())
     # another process saw a non-finite value (all-reduced flag): this one skips as well
-    learner._any_process = lambda flag: True
+    learner.engine.any_process = lambda flag: True
     with pytest.warns(RuntimeWarning):
         m2 = learner.update(Batch(g))
     assert m2["skipped_nonfinite"] == 1.0 and math.isfinite(m2["grad_norm"])
