@@ -18,12 +18,15 @@ copy), ``ema(rate)`` (theta_T <- (1 - rate) theta_T + rate theta_S after each up
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Protocol, Sequence
 
 from agentgym.agents.base import Conversation, Generation, Policy, SamplingParams, ScoreResult, as_chat
 from agentgym.agents.chat import ChatRenderer
 
-__all__ = ["Teacher", "TeacherContext", "AppendedTurn", "RewrittenLastTurn", "TeacherContextError", "TeacherWeights", "TeacherPolicy", "policy_teacher", "openai_teacher"]
+# agentgym.sharding (torch) is imported inside TeacherWeights' methods: importing this module stays torch-free.
+
+__all__ = ["Teacher", "TeacherContext", "AppendedTurn", "RewrittenLastTurn", "TeacherContextError", "TeacherWeights", "TeacherPolicy",
+           "TeacherWeightsHost", "policy_teacher", "openai_teacher"]
 
 
 class TeacherWeights:
@@ -207,27 +210,33 @@ class RewrittenLastTurn(TeacherContext):
 
 
 # ------------------------------------------------------------------------------------------ feedback teachers
+class TeacherWeightsHost(Protocol):
+    """What a ``TeacherPolicy`` generates through: whoever holds the teacher's weights beside the
+    served model (a learner's ``Engine``, or the ``Learner``, which forwards to its engine)."""
+
+    def want_teacher_generation(self) -> None:
+        """Keep the teacher ready to generate with (a sharded model's mirror keeps a whole copy)."""
+
+    def teacher_generation(self) -> ContextManager[None]:
+        """Context in which the served model generates with the teacher's weights."""
+
+
 class TeacherPolicy:
     """The student's policy generating with the learner's teacher weights (HINT-SD's hindsight
-    model by default): model-based feedback sources get this as their ``policy``."""
+    model by default): model-based feedback sources get this as their ``policy``. ``learner``: the
+    ``TeacherWeightsHost`` holding those weights."""
 
     token_level = True
 
-    def __init__(self, policy: Any, learner: Any):
+    def __init__(self, policy: Any, learner: TeacherWeightsHost):
         self.policy, self.learner = policy, learner
         self.name = f"{getattr(policy, 'name', 'policy')}:teacher"
         self.renderer = policy.renderer
-        if hasattr(learner, "want_teacher_generation"):
-            learner.want_teacher_generation()  # a sharded learner keeps the teacher beside its mirror
+        learner.want_teacher_generation()  # a sharded learner keeps the teacher beside its mirror
 
     def generate(self, conversations, tools=None, sampling=None, *, prompt_ids=None, seeds=None):
-        if hasattr(self.learner, "teacher_generation"):
-            ctx = self.learner.teacher_generation()
-        else:
-            tw = getattr(self.learner, "teacher_weights", None)
-            ctx = tw.swapped_in(self.learner.unwrapped) if tw is not None else contextlib.nullcontext()
         extra = {"seeds": seeds} if seeds is not None else {}
-        with ctx:
+        with self.learner.teacher_generation():
             return self.policy.generate(conversations, tools, sampling, prompt_ids=prompt_ids, **extra)
 
     def close(self):
