@@ -2,8 +2,9 @@
 overrides (``--learner.lr 1e-5``, ``--env.group_size=4``, ``--feedback.source reference_hindsight``).
 
 The ``[learner]`` section is the registered learner's own ``Settings`` class (so a new learner's
-settings are config keys and ``--help`` lines without touching this file), and ``[feedback.<name>]``
-holds the options of a registered source or selector. Unknown keys, names and out-of-range values
+settings are config keys and ``--help`` lines without touching this file); in the same way
+``[rollout.<name>]`` holds a registered rollout backend's ``Settings`` and ``[feedback.teacher.<name>]``
+a teacher's, and ``[feedback.<name>]`` the options of a registered source or selector. Unknown keys, names and out-of-range values
 are errors that name the key, the value received and the nearest valid name; they are found before
 any model loads. Fields left ``None`` are filled from the env's and the learner's declared defaults
 by ``RunConfig.resolved()``, so ``config.json`` in a run folder always holds concrete values.
@@ -14,36 +15,45 @@ by ``RunConfig.resolved()``, so ``config.json`` in a run folder always holds con
 >>> load_config(["--learner.lr", "-1"])
 Traceback (most recent call last):
 ...
-agentgym.config.ConfigError: learner.lr: Input should be greater than 0 (got -1)
+agentgym.config_files.ConfigError: learner.lr: Input should be greater than 0 (got -1)
+>>> load_config(["--rollout.vllm.gpu_memory", "0.5"]).rollout
+Traceback (most recent call last):
+...
+agentgym.config_files.ConfigError: rollout.vllm.gpu_memory: unknown key in [rollout.vllm] for rollout backend 'vllm'; did you mean 'gpu_memory_utilization'?; known keys: ['gpu_memory_utilization', 'kwargs']
 >>> load_config(["--learner.name", "hint-sd"])
 Traceback (most recent call last):
 ...
-agentgym.config.ConfigError: learner.name: unknown learner 'hint-sd'; did you mean 'hint_sd'? (known: dense_sd, gigpo, grpo, hint_sd, ...)
+agentgym.config_files.ConfigError: learner.name: unknown learner 'hint-sd'; did you mean 'hint_sd'? (known: dense_sd, gigpo, grpo, hint_sd, ...)
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
-from pathlib import Path
-from typing import Any, Literal
+import warnings
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from agentgym.plugins import (LEARNERS, ROLLOUT_BACKENDS, SELECTORS, SOURCES, TEACHERS, UnknownPluginError,
-                              import_plugins, suggest)
+from agentgym.agents.models import check_model_name
+from agentgym.config_files import (MAX_CONFIG_BYTES, MAX_CONFIG_CHARS, MAX_CONFIG_DEPTH,  # noqa: F401 (re-exported)
+                                   MAX_CONFIG_VALUES, MAX_YAML_ALIASES, ConfigError, _merge, _read_file,
+                                   check_config_limits, parse_overrides, run_folder_config)
+from agentgym.config_help import format_errors, render_help
+from agentgym.envspec import check_env_id, env_defaults
+from agentgym.feedback.base import check_options
+from agentgym.feedback.prompts import check_templates
+from agentgym.plugins import (LEARNERS, ROLLOUT_BACKENDS, SELECTORS, SOURCES, TEACHERS, Registry, UnknownPluginError,
+                              import_plugins, settings_class, suggest)
 
 __all__ = ["DISABLED", "FROM_PYTHON", "RunConfig", "ModelConfig", "EnvConfig", "RolloutConfig", "FeedbackConfig", "LearnerConfig",
-           "TrainConfig", "load_config", "ConfigError", "config_hash", "help_text", "parse_overrides",
-           "run_folder_config", "check_config_limits"]
+           "TeacherConfig", "TrainConfig", "load_config", "validate_config", "ConfigError", "config_hash", "help_text",
+           "parse_overrides", "run_folder_config", "check_config_limits"]
 
 
 DISABLED = "none"  # feedback.source / feedback.selector value that turns feedback off
 FROM_PYTHON = "python:"  # prefix of a source / selector given to Trainer(...) as an object (not rebuildable)
-
-
-class ConfigError(ValueError):
-    """A configuration file or override is invalid (the message names the key and the value)."""
 
 
 class _Section(BaseModel):
@@ -83,7 +93,6 @@ class ModelConfig(_Section):
     def _attention(cls, v: str | None) -> str | None:
         choices = ("sdpa", "flash_attention_2", "eager")
         if v is not None and v not in choices:
-            from agentgym.plugins import suggest
             raise ValueError(f"must be one of {', '.join(choices)} (or unset for the model's default), got {v!r}"
                              f"{suggest(v, choices)}")
         return v
@@ -91,7 +100,6 @@ class ModelConfig(_Section):
     @field_validator("name")
     @classmethod
     def _model_exists(cls, v: str) -> str:
-        from agentgym.agents.models import check_model_name
         check_model_name(v)
         return v
 
@@ -124,7 +132,6 @@ class EnvConfig(_Section):
     @field_validator("id")
     @classmethod
     def _env_exists(cls, v: str) -> str:
-        from agentgym.envspec import check_env_id
         try:
             check_env_id(v)
         except UnknownPluginError as exc:
@@ -132,40 +139,157 @@ class EnvConfig(_Section):
         return v
 
 
-class RolloutConfig(_Section):
+def _settings_of(cls: type[BaseModel], value: Any, where: str, owner: str, also: tuple[str, ...] = ()) -> BaseModel:
+    """``value`` (a table) validated into a plugin's ``Settings`` ``cls``: an unknown key names the
+    nearest known one, a bad value its key under ``where``."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: the settings of {owner} must be a table of its settings, got {value!r}")
+    known = sorted(cls.model_fields)
+    for key in value:
+        if key not in known:
+            raise ValueError(f"{where}.{key}: unknown key in [{where}] for {owner}{suggest(key, known)}; "
+                             f"known keys: {[*also, *known]}")
+    try:
+        return cls.model_validate(value)
+    except ValidationError as exc:
+        raise ValueError(format_errors(exc, prefix=where)) from None
+
+
+class _PluginSection(_Section):
+    """A section that names a registered plugin (its ``plugin_field``) and holds ``[<section>.<name>]``
+    tables: each registered plugin's own ``Settings`` (``agentgym.plugins.PluginSettings``).
+    ``settings`` is the chosen plugin's, validated; config.json holds its concrete values."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
+    plugin_registry: ClassVar[Registry]
+    plugin_field: ClassVar[str]
+    plugin_section: ClassVar[str]
+    _settings: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _plugin_settings(self) -> "_PluginSection":
+        registry, where = self.plugin_registry, self.plugin_section
+        chosen, fields = getattr(self, self.plugin_field), sorted(type(self).model_fields)
+        tables = dict(self.model_extra or {})
+        for key in tables:
+            if key not in registry:
+                raise ValueError(f"{where}.{key}: unknown key in [{where}]{suggest(key, fields + registry.names())}; "
+                                 f"[{where}] takes {fields} and [{where}.<{registry.kind}>] settings of "
+                                 f"{', '.join(registry.names())}")
+        if chosen in registry:  # else a plugin given to Trainer(...) as an object
+            tables.setdefault(chosen, {})
+        settings = {}
+        for name, table in tables.items():
+            try:
+                cls = settings_class(registry.get(name), f"{where}.{name}")
+            except (ImportError, TypeError) as exc:
+                raise ValueError(f"{where}.{name}: {exc}") from None
+            settings[name] = _settings_of(cls, table, f"{where}.{name}", f"{registry.kind} {name!r}")
+        self._settings = settings.get(chosen)
+        self.__pydantic_extra__ = {name: s.model_dump() for name, s in settings.items()
+                                   if name != chosen or type(s).model_fields or name in (self.model_extra or {})}
+        return self
+
+    @property
+    def settings(self) -> Any:
+        """The validated ``Settings`` instance of the chosen plugin."""
+        return self._settings
+
+
+# Plugin settings that lived in the core sections, read at their new place (with a FutureWarning) so that
+# old config files and run folders keep working: section -> old key -> (new table, new key, old default).
+# An old key at its old default is dropped silently (every old config.json holds all of them).
+_MOVED: dict[str, dict[str, tuple[tuple[str, ...], str, Any]]] = {
+    "rollout": {"vllm_gpu_memory_utilization": (("vllm",), "gpu_memory_utilization", 0.4),
+                "vllm_kwargs": (("vllm",), "kwargs", {}),
+                "servers": (("vllm_server",), "servers", []),
+                "sync_dir": (("vllm_server",), "sync_dir", None),
+                "server_timeout_s": (("vllm_server",), "timeout_s", 600.0)},
+    "feedback": {"api_base_url": (("teacher", "openai"), "base_url", None),
+                 "api_model": (("teacher", "openai"), "model", None),
+                 "api_key_env": (("teacher", "openai"), "api_key_env", "OPENAI_API_KEY"),
+                 "api_timeout_s": (("teacher", "openai"), "timeout_s", 60.0),
+                 "api_max_concurrency": (("teacher", "openai"), "max_concurrency", 8),
+                 "api_max_attempts": (("teacher", "openai"), "max_attempts", 6)},
+}
+
+
+def _moved_keys(data: Any, section: str) -> Any:
+    """``data`` with the old flat keys of ``section`` moved to their plugin's table (see ``_MOVED``)."""
+    moves = _MOVED[section]
+    if not isinstance(data, dict) or not moves.keys() & data.keys():
+        return data
+    data = dict(data)
+    for old, (path, new, default) in moves.items():
+        if old not in data:
+            continue
+        value, node = data.pop(old), data
+        if value == default:
+            continue
+        for part in path:
+            child = node.get(part)
+            node[part] = {"name": child} if isinstance(child, str) else dict(child or {})
+            node = node[part]
+        where = ".".join((section, *path))
+        if new not in node:
+            node[new] = value
+        warnings.warn(f"{section}.{old} moved to [{where}] {new} (--{where}.{new}); the old key is read there "
+                      f"for now", FutureWarning, stacklevel=2)
+    return data
+
+
+class RolloutConfig(_PluginSection):
+    """Besides the fields, ``[rollout.<backend>]`` holds a registered rollout backend's own settings,
+    e.g. ``--rollout.vllm.gpu_memory_utilization 0.5`` or ``--rollout.vllm_server.servers '[...]'``."""
+
+    plugin_registry: ClassVar[Registry] = ROLLOUT_BACKENDS
+    plugin_field: ClassVar[str] = "backend"
+    plugin_section: ClassVar[str] = "rollout"
+
     backend: str = Field("transformers", description="who generates rollouts (a registered rollout backend: "
-                                                     "transformers, vllm, or yours)")
+                                                     "transformers, vllm, vllm_server, or yours; its settings: "
+                                                     "[rollout.<backend>])")
     temperature: float = Field(0.6, ge=0, le=100, description="sampling temperature (0: greedy)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
     max_new_tokens: int | None = Field(None, ge=1, le=1 << 17, description="tokens per action (None: the env's "
                                                                           "declared action length)")
     eval_temperature: float = Field(0.0, ge=0, le=100, description="temperature of evaluation rollouts")
     batch_size: int = Field(8, ge=1, le=4096, description="generation batch size (transformers backend)")
-    vllm_gpu_memory_utilization: float = Field(0.4, gt=0, le=1, description="vLLM memory share")
-    vllm_kwargs: dict[str, Any] = Field(default_factory=dict, description=(
-        "further vllm.LLM arguments, e.g. {max_model_len: 8192, tensor_parallel_size: 2, "
-        "kv_cache_memory_bytes: 2147483648}"))
-    servers: list[str] = Field(default_factory=list, description=(
-        "vllm_server backend: base URLs of the OpenAI-compatible vLLM servers that generate the "
-        "rollouts (http://host:port/v1), requests spread over them"))
-    sync_dir: str | None = Field(None, description=(
-        "vllm_server backend: a folder every server can read (a shared filesystem for servers on other "
-        "machines) where each weight push is written; None: a temporary folder on this machine"))
-    server_timeout_s: float = Field(600.0, gt=0, le=86_400, description="vllm_server backend: deadline of one "
-                                                                        "server request, seconds")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_keys(cls, data: Any) -> Any:
+        return _moved_keys(data, "rollout")
 
     @field_validator("backend")
     @classmethod
     def _backend_exists(cls, v: str) -> str:
         return _known(v, ROLLOUT_BACKENDS)
 
-    @field_validator("servers")
+
+class TeacherConfig(_PluginSection):
+    """``[feedback.teacher]``: ``name`` and ``[feedback.teacher.<name>]`` tables of a registered
+    teacher's own settings; a plain string is the name (``--feedback.teacher openai``)."""
+
+    plugin_registry: ClassVar[Registry] = TEACHERS
+    plugin_field: ClassVar[str] = "name"
+    plugin_section: ClassVar[str] = "feedback.teacher"
+
+    name: str = Field("policy", description="who writes model feedback: 'policy' (the policy itself with the "
+                                            "teacher weights), 'openai' (an OpenAI-compatible API), or yours; its "
+                                            "settings: [feedback.teacher.<name>]")
+
+    @model_validator(mode="before")
     @classmethod
-    def _server_urls(cls, v: list[str]) -> list[str]:
-        for url in v:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"each server is an http(s) URL such as http://10.0.0.2:8000/v1, got {url!r}")
-        return v
+    def _name_alone(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+    @field_validator("name")
+    @classmethod
+    def _teacher_exists(cls, v: str) -> str:
+        return _known(v, TEACHERS)
 
 
 class FeedbackConfig(_Section):
@@ -178,17 +302,7 @@ class FeedbackConfig(_Section):
                                                  "(hint_sd: llm_hindsight, dense_sd: llm_step_hint, serl: "
                                                  "immediate, grpo: none); 'none' disables")
     selector: str | None = Field(None, description="selector name; None: the learner's default")
-    teacher: str = Field("policy", description="who writes model feedback: 'policy' (the policy itself with the "
-                                               "teacher weights), 'openai' (an OpenAI-compatible API), or yours")
-    api_base_url: str | None = Field(None, description="OpenAI-compatible endpoint for teacher='openai'")
-    api_model: str | None = Field(None, description="model name at the endpoint")
-    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the endpoint's API key "
-                                                          "(the key itself never goes into a config file)")
-    api_timeout_s: float = Field(60.0, gt=0, le=86_400, description="deadline of one API request (connect, send "
-                                                                    "and the whole body), seconds")
-    api_max_concurrency: int = Field(8, ge=1, le=1024, description="API requests in flight at once")
-    api_max_attempts: int = Field(6, ge=1, le=100, description="tries of a request that fails transiently "
-                                                               "(429, 5xx, timeouts, malformed replies)")
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="who writes model feedback")
     prompts: dict[str, str] = Field(default_factory=dict, description=(
         "wording of the feedback and the teacher turn: keys are agentgym.feedback.Prompts fields (e.g. teacher_hint, "
         "teacher_privileged, reference_hindsight_generic), values str.format templates; a run records the full "
@@ -201,7 +315,6 @@ class FeedbackConfig(_Section):
             return {}
         if not isinstance(v, dict):
             raise ValueError(f"[feedback.prompts] must be a table of prompt name -> template, got {type(v).__name__}")
-        from agentgym.feedback.prompts import check_templates
         check_templates(v)
         return v
 
@@ -218,10 +331,10 @@ class FeedbackConfig(_Section):
     def _selector_exists(cls, v: str | None) -> str | None:
         return v if v in (None, DISABLED) or v.startswith(FROM_PYTHON) else _known(v, SELECTORS)
 
-    @field_validator("teacher")
+    @model_validator(mode="before")
     @classmethod
-    def _teacher_exists(cls, v: str) -> str:
-        return _known(v, TEACHERS)
+    def _old_keys(cls, data: Any) -> Any:
+        return _moved_keys(data, "feedback")
 
     @model_validator(mode="after")
     def _plugin_options(self) -> "FeedbackConfig":
@@ -229,12 +342,13 @@ class FeedbackConfig(_Section):
             registry = SOURCES if key in SOURCES else SELECTORS if key in SELECTORS else None
             if registry is None:
                 known = sorted(type(self).model_fields) + SOURCES.names() + SELECTORS.names()
-                raise ValueError(f"unknown key {key!r}{suggest(key, known)}: [feedback] takes "
+                hint = (f"; a teacher's settings go in [feedback.teacher.{key}]" if key in TEACHERS else
+                        suggest(key, known))
+                raise ValueError(f"unknown key {key!r}{hint}: [feedback] takes "
                                  f"{sorted(type(self).model_fields)} and [feedback.<source or selector name>] options")
             if not isinstance(value, dict):
                 raise ValueError(f"{key}: options of {registry.kind} {key!r} must be a table of keyword arguments, "
                                  f"got {value!r}")
-            from agentgym.feedback.sources import check_options
             try:
                 check_options(registry.get(key), value, f"feedback.{key}", reserved=("policy",))
             except TypeError as exc:
@@ -261,16 +375,8 @@ class LearnerConfig(BaseModel):
             LEARNERS.check(self.name)
         except UnknownPluginError as exc:
             raise ValueError(f"learner.name: {exc}") from None
-        settings_cls = LEARNERS.get(self.name).Settings
-        known = sorted(settings_cls.model_fields)
-        for key in self.model_extra or {}:
-            if key not in known:
-                raise ValueError(f"learner.{key}: unknown key in [learner] for learner {self.name!r}"
-                                 f"{suggest(key, known)}; known keys: {['name'] + known}")
-        try:
-            settings = settings_cls.model_validate(dict(self.model_extra or {}))
-        except ValidationError as exc:
-            raise ValueError(_format_errors(exc, prefix="learner")) from None
+        settings = _settings_of(LEARNERS.get(self.name).Settings, dict(self.model_extra or {}), "learner",
+                                f"learner {self.name!r}", also=("name",))
         self._settings = settings
         self.__pydantic_extra__ = settings.model_dump()  # concrete values in config.json
         return self
@@ -322,7 +428,6 @@ class TrainConfig(_Section):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list):
             return value  # None, or the wrong type: the field's own validation says so
-        import importlib.util
         out: list[str] = []
         for name in value:
             if name not in TRACKERS:
@@ -365,7 +470,6 @@ class RunConfig(_Section):
 
     def resolved(self) -> "RunConfig":
         """A copy with every ``None`` that the env or the learner declares a default for filled in."""
-        from agentgym.envspec import env_defaults
         out = self.model_copy(deep=True)
         env = env_defaults(out.env.id)
         if out.env.kwargs is None:
@@ -384,264 +488,6 @@ class RunConfig(_Section):
         if out.train.run_dir is None:
             out.train.run_dir = f"runs/{out.learner.name}-{out.env.id.split('/')[-1].split(':')[-1].lower()}"
         return out
-
-
-# ------------------------------------------------------------------------------------------ loading
-# Limits on what a configuration may hold, from a file or overrides: a real one is a few KB, a few
-# levels deep, with no YAML aliases at all. Beyond them it is refused in one line (a "billion laughs"
-# alias bomb, a file nested 100,000 deep), before anything expands or recurses over it.
-MAX_CONFIG_BYTES = 4 << 20
-MAX_CONFIG_DEPTH = 32
-MAX_CONFIG_VALUES = 200_000  # counted as written out: a value an alias repeats counts each time
-MAX_CONFIG_CHARS = 16 << 20  # total characters of the strings, counted the same way
-MAX_YAML_ALIASES = 100
-
-
-def check_config_limits(data: Any, where: str = "the configuration") -> None:
-    """Raise ``ConfigError`` when ``data`` is nested deeper than ``MAX_CONFIG_DEPTH`` or holds more
-    than ``MAX_CONFIG_VALUES`` values / ``MAX_CONFIG_CHARS`` characters (shared sub-trees counted
-    every time they occur). Iterative and stops at the first limit: fast on any input.
-
-    >>> check_config_limits({"a": [1, 2, {"b": "c"}]})
-    >>> deep = []
-    >>> for _ in range(40):
-    ...     deep = [deep]
-    >>> check_config_limits({"rollout": {"vllm_kwargs": {"x": deep}}})
-    Traceback (most recent call last):
-    ...
-    agentgym.config.ConfigError: the configuration is nested deeper than 32 levels (at rollout.vllm_kwargs.x[0][0]...); refused
-    """
-    stack: list[tuple[Any, int, str]] = [(data, 0, "")]
-    values = chars = 0
-    while stack:
-        node, depth, at = stack.pop()
-        values += 1
-        if values > MAX_CONFIG_VALUES:
-            raise ConfigError(f"{where} holds more than {MAX_CONFIG_VALUES:,} values (counting each repetition of a "
-                              "YAML alias); refused")
-        if depth > MAX_CONFIG_DEPTH:
-            raise ConfigError(f"{where} is nested deeper than {MAX_CONFIG_DEPTH} levels (at {at[:60]}...); refused")
-        if isinstance(node, str):
-            chars += len(node)
-        elif isinstance(node, dict):
-            for k, v in node.items():
-                chars += len(k) if isinstance(k, str) else 0
-                stack.append((v, depth + 1, f"{at}.{k}" if at else str(k)))
-        elif isinstance(node, (list, tuple)):
-            stack.extend((v, depth + 1, f"{at}[{i}]") for i, v in enumerate(node))
-        if chars > MAX_CONFIG_CHARS:
-            raise ConfigError(f"{where} holds more than {MAX_CONFIG_CHARS:,} characters of text (counting each "
-                              "repetition of a YAML alias); refused")
-
-
-def _yaml_load(text: str, path: Path) -> Any:
-    """``yaml.safe_load`` (no object tags) that refuses more than ``MAX_YAML_ALIASES`` aliases."""
-    try:
-        import yaml
-    except ImportError as exc:
-        raise ConfigError("YAML configs need PyYAML (pip install pyyaml); TOML needs nothing") from exc
-
-    class BoundedLoader(yaml.SafeLoader):
-        aliases = 0
-
-        def compose_node(self, parent: Any, index: Any) -> Any:
-            if self.check_event(yaml.AliasEvent):
-                self.aliases += 1
-                if self.aliases > MAX_YAML_ALIASES:
-                    raise ConfigError(f"{path}: more than {MAX_YAML_ALIASES} YAML aliases (*name); refused "
-                                      "(an alias bomb expands exponentially)")
-            return super().compose_node(parent, index)
-
-    loader = BoundedLoader(text)
-    try:
-        return loader.get_single_data()
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())[:300]}") from None
-    finally:
-        loader.dispose()
-
-
-def _read_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    if path.suffix not in (".toml", ".yaml", ".yml", ".json"):
-        raise ConfigError(f"config file {str(path)!r}: use .toml, .yaml/.yml or .json")
-    with open(path, "rb") as f:
-        raw = f.read(MAX_CONFIG_BYTES + 1)
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config file {str(path)!r} is larger than {MAX_CONFIG_BYTES:,} bytes; refused")
-    text = raw.decode("utf-8", errors="replace")
-    try:
-        if path.suffix == ".toml":
-            import tomllib
-            try:
-                data = tomllib.loads(text)
-            except tomllib.TOMLDecodeError as exc:
-                raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        elif path.suffix == ".json":
-            try:
-                data = json.loads(text)
-            except ValueError as exc:
-                raise ConfigError(f"{path}: not valid JSON: {exc}") from None
-        else:
-            data = _yaml_load(text, path)
-            data = {} if data is None else data
-    except RecursionError:
-        raise ConfigError(f"{path}: nested too deeply to read (more than {MAX_CONFIG_DEPTH} levels are refused)") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
-    check_config_limits(data, str(path))
-    return data
-
-
-def _same_module(named: str, given: list[str]) -> bool:
-    if named.endswith(".py"):
-        return any(g.endswith(".py") and Path(g).resolve() == Path(named).resolve() for g in given)
-    return named in given
-
-
-def run_folder_config(run_dir: str | Path, argv: list[str]) -> dict[str, Any]:
-    """A run folder's ``config.json`` as the base of a command's config (``agentgym eval RUN``),
-    read as data: nothing it names is imported. A run folder may be someone else's, so the modules
-    it names (its ``plugins`` and the module of a ``module:Env-v0`` env id) are imported only when the
-    command line passes them itself (``--import``, or a ``--config`` file of the user's): otherwise a
-    ``ConfigError`` says which ones the run needs. The returned dict has no ``plugins``; the
-    command's own ``--import`` values are added by ``load_config`` as usual."""
-    from agentgym.safeio import read_regular
-    path = Path(run_dir) / "config.json"
-    if not (path.is_file() or path.is_symlink()):
-        raise ConfigError(f"{str(run_dir)!r} is not a run folder (no config.json)")
-    try:
-        data = json.loads(read_regular(path, MAX_CONFIG_BYTES, str(path)))
-    except OSError as exc:
-        raise ConfigError(f"{path}: not read: {exc}") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: nested too deeply to read") from None
-    except ValueError as exc:
-        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be an object, got {type(data).__name__}")
-    check_config_limits(data, str(path))
-    named = data.pop("plugins", None) or []
-    if not isinstance(named, list) or not all(isinstance(m, str) for m in named):
-        raise ConfigError(f"{path}: plugins must be a list of module names, got {str(named)[:80]!r}")
-    env = data.get("env") if isinstance(data.get("env"), dict) else {}
-    config_file, overrides = parse_overrides(list(argv))
-    given = list(overrides.get("plugins", []))
-    if config_file is not None:
-        given += [str(m) for m in _read_file(config_file).get("plugins") or []]
-    env_id = ((overrides.get("env") or {}).get("id") if isinstance(overrides.get("env"), dict) else None) or env.get("id")
-    if isinstance(env_id, str) and ":" in env_id:
-        named = [*named, env_id.partition(":")[0]]
-    missing = [m for m in dict.fromkeys(named) if not _same_module(m, given)]
-    if missing:
-        flags = " ".join(f"--import {m}" for m in missing)
-        raise ConfigError(f"{path} names plugin module(s) {', '.join(repr(m) for m in missing)}; agentgym never "
-                          f"imports modules named inside a run folder: if you trust them, pass {flags}")
-    return data
-
-
-def _parse_value(text: str) -> Any:
-    """Override values: JSON when they parse as JSON (numbers, true/false, null, lists, objects), else
-    the string itself."""
-    try:
-        value = json.loads(text)
-    except RecursionError:
-        raise ConfigError(f"override value {text[:40]!r}...: nested too deeply") from None
-    except ValueError:
-        low = text.lower()
-        if low in ("true", "false"):
-            return low == "true"
-        if low in ("none", "null"):
-            return None
-        return text
-    check_config_limits(value, f"override value {text[:40]!r}")
-    return value
-
-
-def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = tree
-    for key in keys[:-1]:
-        nxt = node.setdefault(key, {})
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"--{dotted}: {key!r} is a value, not a section")
-        node = nxt
-    node[keys[-1]] = value
-
-
-def parse_overrides(argv: list[str]) -> tuple[str | None, dict[str, Any]]:
-    """``[--config FILE] [--import MODULE] --a.b VALUE --c.d=VALUE ...`` -> (file, nested overrides);
-    ``--import`` values are collected in the top-level ``plugins`` list."""
-    config_file, tree = None, {}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--") or arg == "--":
-            raise ConfigError(f"expected --section.key VALUE, got {arg!r}")
-        key, eq, value = arg[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(argv):
-                raise ConfigError(f"--{key} needs a value")
-            value = argv[i + 1]
-            i += 1
-        i += 1
-        if key == "config":
-            config_file = value
-            continue
-        if key in ("import", "plugins"):
-            tree.setdefault("plugins", []).extend(v.strip() for v in value.split(",") if v.strip())
-            continue
-        if "." not in key:
-            raise ConfigError(f"--{key}: overrides are --section.key (sections: "
-                              f"{sorted(k for k in RunConfig.model_fields if k != 'plugins')}; also --import MODULE)")
-        _set(tree, key, _parse_value(value))
-    return config_file, tree
-
-
-_OPAQUE = ("kwargs", "eval_kwargs", "vllm_kwargs")  # dict-valued settings replace, never merge
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        if k == "plugins":
-            out[k] = list(dict.fromkeys([*out.get(k, []), *v]))
-        elif isinstance(v, dict) and isinstance(out.get(k), dict) and k not in _OPAQUE:
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def _format_errors(exc: ValidationError, prefix: str = "") -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(err["loc"]))
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            lines.append(_unknown_key(err["loc"], prefix))
-        elif msg.startswith(f"{loc}.") or msg.startswith(f"{loc}:") or (prefix and msg.startswith(f"{prefix}.")):
-            lines.append(msg)  # a nested section already named its keys
-        elif err["type"] == "value_error":
-            lines.append(f"{loc}: {msg}" if loc else msg)
-        else:
-            lines.append(f"{loc}: {msg} (got {err.get('input')!r})")
-    return "; ".join(lines)
-
-
-def _unknown_key(loc: tuple, prefix: str) -> str:
-    model: Any = None if prefix else RunConfig  # a prefixed section names its own keys
-    for part in loc[:-1]:
-        field = getattr(model, "model_fields", {}).get(str(part)) if model is not None else None
-        model = field.annotation if field is not None and isinstance(field.annotation, type) else None
-    key = str(loc[-1])
-    section = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(loc[:-1]))
-    known = sorted(model.model_fields) if model is not None and hasattr(model, "model_fields") else []
-    full = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(loc))
-    return (f"{full}: unknown key" + (f" in [{section}]" if section else "") + suggest(key, known) +
-            (f"; known keys: {known}" if known else ""))
 
 
 def load_config(argv: list[str] | None = None, *, base: dict[str, Any] | None = None) -> RunConfig:
@@ -667,21 +513,20 @@ def validate_config(data: dict[str, Any]) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc)) from None
+        raise ConfigError(format_errors(exc, root=RunConfig)) from None
 
 
 def _check_names(data: dict[str, Any]) -> None:
     """Every registered name and id, checked before a plugin class is imported (a learner's
     settings import torch): a wrong name is a one-line error in well under a second."""
-    from agentgym.agents.models import check_model_name
-    from agentgym.envspec import check_env_id
     section = lambda name: data.get(name) if isinstance(data.get(name), dict) else {}
+    teacher = section("feedback").get("teacher")
     checks = [("learner.name", section("learner").get("name"), LEARNERS.check),
               ("env.id", section("env").get("id"), check_env_id),
               ("model.name", section("model").get("name"), check_model_name),
               ("rollout.backend", section("rollout").get("backend"), ROLLOUT_BACKENDS.check),
               ("feedback.selector", section("feedback").get("selector"), SELECTORS.check),
-              ("feedback.teacher", section("feedback").get("teacher"), TEACHERS.check)]
+              ("feedback.teacher", teacher.get("name") if isinstance(teacher, dict) else teacher, TEACHERS.check)]
     source = section("feedback").get("source")
     if isinstance(source, str) and source != DISABLED and not source.startswith(FROM_PYTHON):
         checks += [("feedback.source", part.strip(), SOURCES.check) for part in source.split("+")]
@@ -705,45 +550,8 @@ def config_hash(config: RunConfig) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _default_of(f: Any) -> Any:
-    return f.default_factory() if f.default_factory is not None else f.default
-
-
 def help_text(config: RunConfig | None = None) -> str:
     """Every field with the value a run would use (``config``: e.g. the bare command's preset) or its
-    default, and its description; the learner section lists every registered learner's settings."""
-    lines = []
-    for section, field in RunConfig.model_fields.items():
-        if section == "plugins":
-            lines.append(f"--import MODULE  (top-level 'plugins' list) {field.description}")
-            continue
-        model = field.annotation
-        lines.append(f"[{section}]  {field.description}")
-        current = getattr(config, section) if config is not None else None
-        for name, f in model.model_fields.items():
-            value = getattr(current, name) if current is not None else _default_of(f)
-            lines.append(f"  --{section}.{name} = {value!r}: {f.description}")
-        if section == "learner":
-            chosen = current.name if current is not None else LearnerConfig.model_fields["name"].default
-            for lname in sorted(LEARNERS.names(), key=lambda n: n != chosen):  # this run's learner first
-                try:
-                    cls = LEARNERS.get(lname)
-                except ImportError as exc:
-                    lines.append(f"  ({lname}: cannot be loaded: {exc})")
-                    continue
-                tag = " (this run)" if lname == chosen else ""
-                lines.append(f"  settings of {lname}{tag}: default source {cls.default_source}, selector "
-                             f"{cls.default_selector}, teacher {'yes' if cls.uses_teacher else 'no'}"
-                             + (f"; metrics: {', '.join(f'{k} ({v})' for k, v in cls.metrics.items())}"
-                                if cls.metrics else ""))
-                for sname, sf in cls.Settings.model_fields.items():
-                    value = getattr(current.settings, sname) if tag and current is not None else _default_of(sf)
-                    lines.append(f"    --learner.{sname} = {value!r}: {sf.description}")
-        if section == "feedback":
-            lines.append("  --feedback.<source or selector>.<option> VALUE: constructor options of a registered "
-                         f"source ({', '.join(SOURCES.names())}) or selector ({', '.join(SELECTORS.names())})")
-            from agentgym.feedback.prompts import PROMPTS, TEMPLATE_FIELDS
-            for pname, fields in TEMPLATE_FIELDS.items():
-                lines.append(f"  --feedback.prompts.{pname} = {getattr(PROMPTS, pname)!r}  (fields: "
-                             f"{', '.join(fields) or 'none'})")
-    return "\n".join(lines)
+    default, and its description; the learner, rollout-backend and teacher sections list every
+    registered plugin's settings."""
+    return render_help(RunConfig, config)

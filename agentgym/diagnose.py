@@ -102,7 +102,7 @@ def _measure(trainer: Any, learner: Any, trajs: Sequence[Any], references: dict,
     from agentgym.learners.signal import teacher_signal
     from agentgym.plugins import SOURCES, TEACHERS
     cfg, cls = trainer.config, type(learner)
-    teacher = TEACHERS.get(cfg.feedback.teacher)(cfg.feedback, trainer.policy, learner) \
+    teacher = TEACHERS.get(cfg.feedback.teacher.name)(cfg.feedback.teacher.settings, trainer.policy, learner) \
         if any(SOURCES.get(n).needs_policy for n in source_name.split("+")) else None
     source = make_source(source_name, policy=teacher, options=cfg.feedback.options(), prompts=prompts)
     selector, selector_name = _selector_for(source, source_name, cls,

@@ -33,8 +33,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
+from pydantic import BaseModel, ConfigDict
+
 __all__ = ["Registry", "UnknownPluginError", "LEARNERS", "SOURCES", "SELECTORS", "ROLLOUT_BACKENDS", "MODELS", "TEACHERS",
-           "import_plugins", "suggest"]
+           "PluginSettings", "settings_class", "import_plugins", "suggest"]
 
 T = TypeVar("T")
 
@@ -50,6 +52,24 @@ def suggest(name: str, known: list[str] | Any) -> str:
     """`` did you mean 'x'?`` for the closest known names ('' when nothing is close)."""
     close = difflib.get_close_matches(str(name), [str(k) for k in known], n=2, cutoff=0.5)
     return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+class PluginSettings(BaseModel):
+    """Base of a plugin's own settings (a rollout backend's ``Settings``, a teacher's): the config
+    section ``[rollout.<name>]`` / ``[feedback.teacher.<name>]`` is validated against it, so unknown
+    keys and non-finite numbers are errors. A plugin without a ``Settings`` attribute has none."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def settings_class(plugin: Any, what: str = "plugin") -> type[BaseModel]:
+    """The ``Settings`` model a plugin declares (``PluginSettings``, i.e. none, when it declares none)."""
+    cls = getattr(plugin, "Settings", None)
+    if cls is None:
+        return PluginSettings
+    if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+        raise TypeError(f"{what}: Settings must be a pydantic BaseModel subclass, got {cls!r}")
+    return cls
 
 
 def _load(target: str) -> Any:
@@ -211,16 +231,19 @@ SELECTORS: Registry[Any] = Registry("selector", group="agentgym.selectors", buil
     "hindsight_single": "agentgym.feedback.selectors:HindsightSingle",
 })
 
+# name -> class(student, *, model_path, lora, lora_r, settings) with policy / sync / close; its ``Settings``
+# class is the [rollout.<name>] section (agentgym.agents.backends).
 ROLLOUT_BACKENDS: Registry[Any] = Registry("rollout backend", group="agentgym.rollout_backends", builtins={
     "transformers": "agentgym.agents.backends:TransformersBackend",
     "vllm": "agentgym.agents.backends:VLLMBackend",
     "vllm_server": "agentgym.agents.backends:VLLMServerBackend",
 })
 
-# Who writes model-based feedback: name -> factory(feedback config, student policy, learner) -> Policy.
+# Who writes model-based feedback: name -> factory(its settings, student policy, learner) -> Policy; the
+# factory's ``Settings`` attribute (a PluginSettings) is the [feedback.teacher.<name>] section.
 TEACHERS: Registry[Any] = Registry("teacher", group="agentgym.teachers", builtins={
-    "policy": "agentgym.agents.teachers:policy_teacher",
-    "openai": "agentgym.agents.teachers:openai_teacher",
+    "policy": "agentgym.agents.teacher_backends:policy_teacher",
+    "openai": "agentgym.agents.teacher_backends:openai_teacher",
 })
 
 # name -> a function () -> (local model folder, display name); anything else is a folder or a hub id.

@@ -26,7 +26,7 @@ from agentgym.agents.chat import ChatRenderer
 # agentgym.sharding (torch) is imported inside TeacherWeights' methods: importing this module stays torch-free.
 
 __all__ = ["Teacher", "TeacherContext", "AppendedTurn", "RewrittenLastTurn", "TeacherContextError", "TeacherWeights", "TeacherPolicy",
-           "TeacherWeightsHost", "policy_teacher", "openai_teacher"]
+           "TeacherWeightsHost"]
 
 
 class TeacherWeights:
@@ -242,19 +242,3 @@ class TeacherPolicy:
     def close(self):
         pass
 
-
-def policy_teacher(feedback: Any, student: Any, learner: Any) -> TeacherPolicy:
-    """``feedback.teacher = "policy"``: the student with the teacher weights writes the feedback."""
-    return TeacherPolicy(student, learner)
-
-
-def openai_teacher(feedback: Any, student: Any, learner: Any) -> Any:
-    """``feedback.teacher = "openai"``: a model behind an OpenAI-compatible API writes the feedback."""
-    from agentgym.agents.openai_policy import OPENAI_PREFIX, is_openai_spec, openai_policy_from_spec
-    if not feedback.api_model:
-        raise ValueError("feedback.api_model: required when feedback.teacher = 'openai'")
-    spec = feedback.api_model if is_openai_spec(feedback.api_model) else OPENAI_PREFIX + feedback.api_model
-    return openai_policy_from_spec(spec, base_url=feedback.api_base_url, api_key_env=feedback.api_key_env,
-                                   timeout=getattr(feedback, "api_timeout_s", 60.0),
-                                   max_concurrency=getattr(feedback, "api_max_concurrency", 8),
-                                   max_attempts=getattr(feedback, "api_max_attempts", 6))

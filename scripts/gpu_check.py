@@ -296,7 +296,7 @@ def paper_first_update(model_name: str | None, note: str, device, cpu: bool) -> 
             "--train.updates", "1", "--env.eval_tasks", "0", "--train.run_dir", run_dir, "--train.progress", "false",
             "--train.max_no_gradient_fraction", "1", "--train.tensorboard", "false"]
     if importlib.util.find_spec("vllm") is not None:
-        argv += ["--rollout.backend", "vllm", "--rollout.vllm_kwargs", '{"gpu_memory_utilization": 0.5}']
+        argv += ["--rollout.backend", "vllm", "--rollout.vllm.gpu_memory_utilization", "0.5"]
     started = time.perf_counter()
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=left)

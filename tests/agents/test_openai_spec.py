@@ -62,21 +62,22 @@ def test_bad_limits_are_clear_errors():
 
 
 def test_openai_teacher_takes_key_timeout_concurrency_and_retries_from_the_config(monkeypatch):
-    from agentgym.agents.teachers import openai_teacher
+    from agentgym.agents.teacher_backends import openai_teacher
     monkeypatch.setenv("TEACHER_KEY", "sk-teacher")
     with ScriptedOpenAIServer(responder=lambda b: Reply(content="hint"), api_key="sk-teacher") as server:
-        cfg = load_config(["--feedback.teacher", "openai", "--feedback.api_model", "judge",
-                           "--feedback.api_base_url", server.base_url, "--feedback.api_key_env", "TEACHER_KEY",
-                           "--feedback.api_timeout_s", "7.5", "--feedback.api_max_concurrency", "3",
-                           "--feedback.api_max_attempts", "2"])
-        teacher = openai_teacher(cfg.feedback, None, None)
+        cfg = load_config(["--feedback.teacher", "openai", "--feedback.teacher.openai.model", "judge",
+                           "--feedback.teacher.openai.base_url", server.base_url,
+                           "--feedback.teacher.openai.api_key_env", "TEACHER_KEY",
+                           "--feedback.teacher.openai.timeout_s", "7.5", "--feedback.teacher.openai.max_concurrency",
+                           "3", "--feedback.teacher.openai.max_attempts", "2"])
+        teacher = openai_teacher(cfg.feedback.teacher.settings, None, None)
         assert (teacher.model, teacher.timeout, teacher.max_attempts, teacher._pool._max_workers) == \
             ("judge", 7.5, 2, 3)
         assert teacher.generate(HI)[0].text == "hint"
         assert server.request_headers[0]["authorization"] == "Bearer sk-teacher"
         teacher.close()
-    with pytest.raises(ValueError, match="api_max_concurrency"):
-        FeedbackConfig(api_max_concurrency=0)
+    with pytest.raises(ValueError, match="feedback.teacher.openai.max_concurrency"):
+        FeedbackConfig(teacher={"name": "openai", "openai": {"max_concurrency": 0}})
 
 
 def test_a_spec_policy_runs_an_evaluation_rollout():

@@ -56,7 +56,7 @@ def test_training_with_an_unreachable_openai_teacher_stops_at_the_start(closed_u
     from agentgym.train import main
     rc = main(["--env.id", "agentgym/Echo-v0", "--model.name", "tiny", "--train.updates", "1",
                "--feedback.source", "llm_hindsight", "--feedback.teacher", "openai",
-               "--feedback.api_model", "judge", "--feedback.api_base_url", closed_url,
+               "--feedback.teacher.openai.model", "judge", "--feedback.teacher.openai.base_url", closed_url,
                "--train.run_dir", str(tmp_path / "run"), "--train.progress", "false"])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("agentgym train")]

@@ -1,5 +1,7 @@
 """The run config: files, command-line overrides, clear errors, learner defaults, help text."""
 
+import re
+
 import pytest
 
 from agentgym.config import ConfigError, RunConfig, config_hash, help_text, load_config
@@ -44,6 +46,20 @@ def test_toml_and_yaml_files_with_overrides_on_top(tmp_path):
     (["--model.name", "tinyy"], "did you mean 'tiny'"),
     (["--rollout.backend", "vlm"], "unknown rollout backend 'vlm'; did you mean 'vllm'"),
     (["--feedback.teacher", "opena"], "unknown teacher 'opena'; did you mean 'openai'"),
+    (["--feedback.teacher.name", "opena"], "unknown teacher 'opena'; did you mean 'openai'"),
+    (["--rollout.vlm.kwargs", "{}"], "rollout.vlm: unknown key in [rollout]; did you mean 'vllm'?"),
+    (["--rollout.vllm.gpu_memory", "0.5"], "rollout.vllm.gpu_memory: unknown key in [rollout.vllm] for rollout "
+                                           "backend 'vllm'; did you mean 'gpu_memory_utilization'?"),
+    (["--rollout.vllm.gpu_memory_utilization", "2"], "rollout.vllm.gpu_memory_utilization: Input should be less "
+                                                     "than or equal to 1 (got 2)"),
+    (["--rollout.vllm", "0.5"], "rollout.vllm: the settings of rollout backend 'vllm' must be a table"),
+    (["--rollout.vllm_server.servers", '["localhost:8000"]'], "rollout.vllm_server.servers: each server is an http(s) URL"),
+    (["--feedback.teacher.openai.modl", "m"], "feedback.teacher.openai.modl: unknown key in [feedback.teacher.openai] "
+                                              "for teacher 'openai'; did you mean 'model'?"),
+    (["--feedback.teacher.opena.model", "m"], "feedback.teacher.opena: unknown key in [feedback.teacher]; did you mean "
+                                              "'openai'?"),
+    (["--feedback.teacher.openai.timeout_s", "0"], "feedback.teacher.openai.timeout_s: Input should be greater than 0"),
+    (["--feedback.openai.model", "m"], "a teacher's settings go in [feedback.teacher.openai]"),
     (["--import", "no_such_plugin_module"], "plugins: --import 'no_such_plugin_module'"),
     (["--learner.kl_direction", "sideways"], "must be one of ['forward', 'jsd', 'reverse']"),
     (["--learner.kl_direction", "1.5"], "alpha must be in [0, 1]"),
@@ -56,6 +72,67 @@ def test_bad_input_is_a_clear_error(argv, message):
     with pytest.raises(ConfigError) as exc:
         load_config(argv)
     assert message in str(exc.value)
+
+
+def test_backend_and_teacher_settings_come_from_their_own_sections(tmp_path):
+    """``[rollout.<backend>]`` and ``[feedback.teacher.<name>]`` from a file and the command line, the
+    chosen plugin's concrete values in the dump (config.json), which validates back to the same."""
+    toml = tmp_path / "run.toml"
+    toml.write_text('[rollout]\nbackend = "vllm_server"\n[rollout.vllm_server]\nservers = ["http://gen1:8000/v1"]\n'
+                    '[feedback.teacher]\nname = "openai"\n[feedback.teacher.openai]\nmodel = "judge"\n')
+    cfg = load_config(["--config", str(toml), "--rollout.vllm_server.timeout_s", "30",
+                       "--feedback.teacher.openai.max_attempts", "2"])
+    backend, teacher = cfg.rollout.settings, cfg.feedback.teacher.settings
+    assert (backend.servers, backend.sync_dir, backend.timeout_s) == (["http://gen1:8000/v1"], None, 30.0)
+    assert (cfg.feedback.teacher.name, teacher.model, teacher.max_attempts, teacher.timeout_s) == ("openai", "judge", 2, 60.0)
+    dumped = cfg.model_dump(mode="json")
+    assert dumped["rollout"]["vllm_server"] == {"servers": ["http://gen1:8000/v1"], "sync_dir": None, "timeout_s": 30.0}
+    assert dumped["feedback"]["teacher"]["openai"]["max_attempts"] == 2
+    assert RunConfig.model_validate(dumped).model_dump(mode="json") == dumped
+    # the plain string is the name, before or after the teacher's own keys
+    for argv in (["--feedback.teacher", "openai", "--feedback.teacher.openai.model", "m"],
+                 ["--feedback.teacher.openai.model", "m", "--feedback.teacher", "openai"]):
+        got = load_config(argv).feedback.teacher
+        assert (got.name, got.settings.model) == ("openai", "m")
+    default = load_config([])
+    assert (default.rollout.backend, default.feedback.teacher.name) == ("transformers", "policy")
+    assert default.model_dump()["rollout"].keys() == {"backend", "temperature", "top_p", "max_new_tokens",
+                                                      "eval_temperature", "batch_size"}  # no empty tables
+
+
+@pytest.mark.parametrize("old, value, new, attribute", [
+    ("rollout.vllm_gpu_memory_utilization", "0.5", "[rollout.vllm] gpu_memory_utilization", ("rollout", "vllm", 0.5)),
+    ("rollout.vllm_kwargs", '{"max_model_len": 64}', "[rollout.vllm] kwargs", ("rollout", "vllm", {"max_model_len": 64})),
+    ("rollout.servers", '["http://a:1/v1"]', "[rollout.vllm_server] servers", ("rollout", "vllm_server", ["http://a:1/v1"])),
+    ("rollout.sync_dir", "/shared", "[rollout.vllm_server] sync_dir", ("rollout", "vllm_server", "/shared")),
+    ("rollout.server_timeout_s", "5", "[rollout.vllm_server] timeout_s", ("rollout", "vllm_server", 5.0)),
+    ("feedback.api_model", "judge", "[feedback.teacher.openai] model", ("teacher", "openai", "judge")),
+    ("feedback.api_base_url", "http://h/v1", "[feedback.teacher.openai] base_url", ("teacher", "openai", "http://h/v1")),
+    ("feedback.api_key_env", "K", "[feedback.teacher.openai] api_key_env", ("teacher", "openai", "K")),
+    ("feedback.api_timeout_s", "7.5", "[feedback.teacher.openai] timeout_s", ("teacher", "openai", 7.5)),
+    ("feedback.api_max_concurrency", "3", "[feedback.teacher.openai] max_concurrency", ("teacher", "openai", 3)),
+    ("feedback.api_max_attempts", "2", "[feedback.teacher.openai] max_attempts", ("teacher", "openai", 2)),
+])
+def test_a_moved_key_is_read_at_its_new_place_with_a_warning_naming_it(old, value, new, attribute):
+    section, plugin, expected = attribute
+    chosen = (["--rollout.backend", plugin] if section == "rollout" else ["--feedback.teacher", plugin])
+    with pytest.warns(FutureWarning, match=rf"{old} moved to {re.escape(new)}"):
+        cfg = load_config([f"--{old}", value, *chosen])
+    settings = cfg.rollout.settings if section == "rollout" else cfg.feedback.teacher.settings
+    assert getattr(settings, new.split()[-1]) == expected
+
+
+def test_an_old_run_folders_config_with_the_old_defaults_loads_silently():
+    """Every config.json written before the move holds the old keys at their defaults."""
+    import warnings
+    old = {"rollout": {"backend": "transformers", "vllm_gpu_memory_utilization": 0.4, "vllm_kwargs": {}, "servers": [],
+                       "sync_dir": None, "server_timeout_s": 600.0},
+           "feedback": {"teacher": "policy", "api_base_url": None, "api_model": None, "api_key_env": "OPENAI_API_KEY",
+                        "api_timeout_s": 60.0, "api_max_concurrency": 8, "api_max_attempts": 6}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cfg = RunConfig.model_validate(old)
+    assert cfg.model_dump() == RunConfig().model_dump()
 
 
 def test_bad_toml_is_a_clear_error(tmp_path):
@@ -97,8 +174,15 @@ def test_every_field_has_help_text():
     for name in LEARNERS.names():
         for key, f in LEARNERS.get(name).Settings.model_fields.items():
             assert f.description, f"{name}.{key}"
+    from agentgym.plugins import ROLLOUT_BACKENDS, TEACHERS, settings_class
+    for registry in (ROLLOUT_BACKENDS, TEACHERS):
+        for name in registry.names():
+            for key, f in settings_class(registry.get(name)).model_fields.items():
+                assert f.description, f"{name}.{key}"
     text = help_text()
     assert "--learner.lr" in text and "--learner.serl_lambda0" in text and "--learner.omega" in text
+    assert "--rollout.vllm.gpu_memory_utilization = 0.4" in text and "--rollout.vllm_server.servers = []" in text
+    assert "--feedback.teacher.name = 'policy'" in text and "--feedback.teacher.openai.max_attempts = 6" in text
 
 
 def test_unknown_names_fail_fast_without_loading_a_model():

@@ -24,20 +24,20 @@ def _cli(*args, env=None, timeout=60):
 
 
 def _billion_laughs(path: Path, aliases_per_level: int = 9, levels: int = 10) -> Path:
-    lines = ["rollout:", "  vllm_kwargs:", '    a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines = ["rollout:", "  vllm:", "    kwargs:", '      a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
     for i in range(1, levels):
-        lines.append(f"    a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * aliases_per_level) + "]")
+        lines.append(f"      a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * aliases_per_level) + "]")
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def test_a_yaml_alias_bomb_under_vllm_kwargs_is_refused_at_once(tmp_path):
+def test_a_yaml_alias_bomb_under_the_vllm_kwargs_is_refused_at_once(tmp_path):
     started = time.perf_counter()
     with pytest.raises(ConfigError, match=r"more than 200,000 values .*YAML alias.*refused"):
         load_config(["--config", str(_billion_laughs(tmp_path / "bomb.yaml"))])
     # Many aliases (cheap to write, each doubling the expansion) are refused by count, before expanding.
-    lines = ["rollout:", "  vllm_kwargs:", '    a0: &a0 ["x"]']
-    lines += [f"    a{i}: &a{i} [*a{i - 1}, *a{i - 1}]" for i in range(1, 80)]
+    lines = ["rollout:", "  vllm:", "    kwargs:", '      a0: &a0 ["x"]']
+    lines += [f"      a{i}: &a{i} [*a{i - 1}, *a{i - 1}]" for i in range(1, 80)]
     (tmp_path / "many.yaml").write_text("\n".join(lines) + "\n")
     with pytest.raises(ConfigError, match=r"more than 100 YAML aliases"):
         load_config(["--config", str(tmp_path / "many.yaml")])
@@ -63,7 +63,7 @@ def test_cli_refuses_bombs_and_deep_overrides_in_one_line_with_exit_2(tmp_path):
     r = _cli("train", "--config", str(bomb))
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert "refused" in r.stderr
-    r = _cli("train", "--rollout.vllm_kwargs", "[" * 30_000 + "]" * 30_000)
+    r = _cli("train", "--rollout.vllm.kwargs", "[" * 30_000 + "]" * 30_000)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "nested too deeply" in r.stderr
 
 
@@ -81,9 +81,9 @@ def test_oversized_and_malformed_config_files_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(["--config", str(tagged)])
     ok = tmp_path / "ok.yaml"
-    ok.write_text("rollout:\n  vllm_kwargs: &k {max_model_len: 8192}\ntrain:\n  updates: 3\n")
-    cfg = load_config(["--config", str(ok)])
-    assert cfg.rollout.vllm_kwargs == {"max_model_len": 8192} and cfg.train.updates == 3
+    ok.write_text("rollout:\n  vllm: {kwargs: &k {max_model_len: 8192}}\ntrain:\n  updates: 3\n")
+    cfg = load_config(["--config", str(ok), "--rollout.backend", "vllm"])
+    assert cfg.rollout.settings.kwargs == {"max_model_len": 8192} and cfg.train.updates == 3
 
 
 def test_a_plugin_file_given_with_import_runs_once(tmp_path):

@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 
-MODULES = ["agentgym.plugins", "agentgym.envspec", "agentgym.config", "agentgym.train", "agentgym.runlog",
+MODULES = ["agentgym.plugins", "agentgym.envspec", "agentgym.config", "agentgym.config_files", "agentgym.train", "agentgym.runlog",
            "agentgym.env", "agentgym.learners.gigpo", "agentgym.evaluation", "agentgym.report.svg"]
 
 

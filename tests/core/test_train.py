@@ -168,7 +168,7 @@ def test_training_with_vllm_rollouts_keeps_the_engine_in_sync(tmp_path):
     """backend=vllm: after every update the LoRA adapter is pushed into the engine and verified
     (a stale engine raises); a resumed run pushes the checkpoint's weights before its first rollout."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    engine = ["--rollout.backend", "vllm", "--rollout.vllm_kwargs",
+    engine = ["--rollout.backend", "vllm", "--rollout.vllm.kwargs",
               json.dumps({"dtype": "float32", "max_model_len": 4096, "kv_cache_memory_bytes": 1 << 29})]
     first = _trainer(tmp_path, "--train.updates", "2", *engine)
     first.run()  # every push is verified inside run() (a stale engine raises WeightSyncError); run() closes it
