@@ -21,6 +21,10 @@ import time
 from pathlib import Path
 
 
+SMOKE = ["--model.name", "tiny", "--train.updates", "1", "--train.checkpoint_every", "0",
+         "--model.gradient_checkpointing", "false", "--env.eval_tasks", "2", "--rollout.max_new_tokens", "8"]
+
+
 def _ms(xs: list[float], fmt: str = "{:+.3f}") -> str:
     if len(xs) < 2:
         return fmt.format(xs[0]) if xs else "n/a"
@@ -70,8 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="keep the run folders here (default: a temporary folder)")
     ap.add_argument("--tabulate", nargs="+", default=None, metavar="RUN_DIR",
                     help="print the table of finished runs (seed i = the i-th folder) instead of training")
+    ap.add_argument("--smoke", action="store_true", help="seconds-long check: one seed of the same run with the "
+                    "tiny model, one update, 2 held-out tasks, 8 new tokens (what the test suite runs)")
     ap.add_argument("extra", nargs="*", help="further `agentgym train` overrides (after --)")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.seeds, args.extra = 1, [*SMOKE, *args.extra]
     if args.tabulate:
         print_table([row_of(Path(run), i, None) for i, run in enumerate(args.tabulate)])
         return 0
