@@ -1,24 +1,25 @@
 """A policy behind any OpenAI-compatible chat-completions API (OpenAI, vLLM serve, SGLang, ...).
 
-One retry layer (tenacity; the ``openai`` client's own retries are switched off so that retries do
-not multiply): 429, 5xx, timeouts, connection errors and unreadable responses are retried with
-exponential back-off, honouring ``Retry-After`` (a header that is not a finite, non-negative number
-of seconds or an HTTP date is ignored); after the last try ``APIRetryError`` says what failed and
-how often. Other 4xx (401, 400, 404, ...) are not retried: they raise ``PolicyError`` at once with
-the server's message.
+Requests go through the shared HTTP transport (``agentgym.agents.transport``), which the
+``vllm_server`` backend uses too: one retry layer, where 429, 5xx, the request deadline, connection
+errors and unusable responses are retried with exponential back-off (random, up to
+``backoff_max``), honouring ``Retry-After`` (a header that is not a finite, non-negative number of
+seconds or an HTTP date is ignored); after the last try ``APIRetryError`` says what failed and how
+often. Other 4xx (401, 400, 404, ...) are not retried: they raise ``PolicyError`` at once with the
+server's message.
 
 Every request has one deadline, ``timeout`` seconds, covering connect, send and the whole body (each
 socket read and write is bounded by what is left of it, so a server that drips one byte at a time
 cannot hold a request open): past it the try fails with ``DeadlineExceeded`` and is retried. The
 bytes a response may put on the wire are capped (``max_response_bytes``, default 32 MiB): past it the
-request fails at once with ``PolicyError`` (not retried). Both come from the shared transport
-(``agentgym.agents.transport``), which the ``vllm_server`` backend uses too.
+request fails at once with ``PolicyError`` (not retried).
 
-A 200 response is checked before it is used; anything malformed (not JSON, cut off, missing or null
-fields, a tool call without a name, a non-finite or missing log-prob, tool arguments nested deeper
-than ``max_argument_depth`` or longer than ``max_argument_chars``) is a ``MalformedResponseError``
-that says what was wrong, and is retried like any unreadable response. No other exception leaves
-``generate``: whatever fails is a ``PolicyError``.
+A 200 response is validated with a typed model (``ChatCompletion``) before it is used; anything
+malformed (not JSON, cut off, missing or null fields, a tool call without a name, a non-finite or
+missing log-prob, tool arguments nested deeper than ``max_argument_depth`` or longer than
+``max_argument_chars``) is a ``MalformedResponseError`` that names the field and the value, and is
+retried like any unreadable response. No other exception leaves ``generate``: whatever fails is a
+``PolicyError``.
 
 Native tool calls come back as ``Generation.tool_calls`` and are also rendered into the action text
 as ``<tool_call>{...}</tool_call>`` lines (what agentgym envs parse); arguments that are not a JSON
@@ -27,7 +28,8 @@ object come back as ``{"__raw__": ...}`` for the env to report. Log-probs are re
 ``--return-tokens-as-token-ids`` also gives the token ids.
 
 The API key is ``api_key``, else the environment variable ``api_key_env`` (``OPENAI_API_KEY``), else
-``"EMPTY"`` (what local vLLM / SGLang servers accept).
+``"EMPTY"`` (what local vLLM / SGLang servers accept). The base URL is ``base_url``, else
+``$OPENAI_BASE_URL``, else ``https://api.openai.com/v1``.
 
 A model spec ``openai:NAME`` (what ``agentgym eval --model openai:NAME --base-url URL`` takes) builds
 the policy with ``openai_policy_from_spec``.
@@ -46,65 +48,85 @@ import math
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Annotated, Any, Sequence
+
+import httpx2
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictStr, model_validator
 
 from agentgym.agents.base import Conversation, Generation, Policy, PolicyError, SamplingParams, as_chat, per_conversation
-from agentgym.agents.transport import (DEFAULT_MAX_RESPONSE_BYTES, deadline_client, header_seconds, request_deadline,
-                                       retry_after_seconds, too_large, ServerError)
+from agentgym.agents.transport import (DEFAULT_MAX_RESPONSE_BYTES, DeadlineExceeded, HTTPTransport,
+                                       MalformedResponseError, ServerError, TransportError, header_seconds)
 from agentgym.types import ToolCall
 
 __all__ = ["OpenAIPolicy", "APIRetryError", "DeadlineExceeded", "TransportError", "MalformedResponseError",
-           "is_transient", "OPENAI_PREFIX", "is_openai_spec", "openai_policy_from_spec"]
+           "ChatCompletion", "is_transient", "OPENAI_PREFIX", "is_openai_spec", "openai_policy_from_spec"]
 
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _TOKEN_ID = re.compile(r"^token_id:(\d+)$")
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _BRACKETS = re.compile(r"[\[\]{}]")
+_header_seconds = header_seconds  # the shared transport's (tests import it from here)
 
 
 class APIRetryError(PolicyError):
     """Every try of a request failed with a transient error."""
 
 
-class DeadlineExceeded(PolicyError):
-    """No complete response within the request deadline (retried)."""
-
-
-class TransportError(PolicyError):
-    """The connection failed or the response was cut off (retried)."""
-
-
-class MalformedResponseError(PolicyError):
-    """A 200 response whose body could not be used: not JSON, cut off, or missing / invalid fields
-    (retried)."""
-
-
-_Unreadable = MalformedResponseError  # the old private name
-
-
 def is_transient(exc: BaseException) -> bool:
-    import openai
-    if isinstance(exc, (DeadlineExceeded, TransportError, MalformedResponseError)):
-        return True
-    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError,
-                        openai.InternalServerError, openai.APIResponseValidationError, json.JSONDecodeError)):
-        return True
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code == 429 or exc.status_code >= 500
-    return False
+    """Whether a request that failed with ``exc`` is retried (429, 5xx, the deadline, a cut-off or
+    unusable response)."""
+    return isinstance(exc, ServerError) and exc.transient
 
 
-# ---------------------------------------------------------------------------------------- transport
-# The deadline-bounded HTTP client and the Retry-After parsing are the shared transport's
-# (agentgym.agents.transport), which VLLMServerPolicy uses too.
-_header_seconds = header_seconds
+# ---------------------------------------------------------------------------------------- responses
+# What the policy needs of a chat completion, typed; anything else in it is ignored.
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
 
 
-def _retry_after(exc: BaseException | None) -> float | None:
-    response = getattr(exc, "response", None)
-    return retry_after_seconds(getattr(response, "headers", None))
+class _Function(_Lenient):
+    name: StrictStr = Field(min_length=1)
+    arguments: Any = None  # a JSON string (OpenAI), or already parsed; bounded in _arguments
 
 
-# ---------------------------------------------------------------------------------------- parsing
+class _ToolCall(_Lenient):
+    id: StrictStr | None = None
+    function: _Function
+
+
+class _Message(_Lenient):
+    content: StrictStr | None = None
+    tool_calls: list[_ToolCall] | None = None
+
+
+class _TokenLogProb(_Lenient):
+    token: StrictStr
+    logprob: Annotated[float, Strict(), Field(allow_inf_nan=False)]
+
+
+class _LogProbs(_Lenient):
+    content: list[_TokenLogProb] | None = None
+
+
+class _Choice(_Lenient):
+    message: _Message
+    finish_reason: StrictStr | None = None
+    logprobs: _LogProbs | None = None
+
+
+class ChatCompletion(_Lenient):
+    """A chat-completions response as the policy reads it (``choices[0]``)."""
+
+    choices: list[_Choice] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_an_error(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("error") is not None and not data.get("choices"):
+            raise ValueError(f"a 200 carrying an error: {_snippet(data['error'])}")
+        return data
+
+
 def _snippet(value: Any, n: int = 200) -> str:
     text = value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)
     return repr(text[:n] + ("..." if len(text) > n else ""))
@@ -141,10 +163,6 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _to_openai_message(message: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in message.items() if v is not None}
     if out.get("tool_calls"):
@@ -173,8 +191,6 @@ class OpenAIPolicy(Policy):
                  logprobs: bool = True, native_tools: bool = True, extra_body: dict[str, Any] | None = None,
                  max_argument_depth: int = 64, max_argument_chars: int = 1_000_000,
                  max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES):
-        import openai
-
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or max_concurrency < 1:
@@ -184,22 +200,25 @@ class OpenAIPolicy(Policy):
         if max_argument_depth < 1 or max_argument_chars < 1:
             raise ValueError(f"max_argument_depth and max_argument_chars must be >= 1, got "
                              f"{max_argument_depth} and {max_argument_chars}")
-        self.name = model
-        self.model = model
-        self.timeout = float(timeout)
         if isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int) or max_response_bytes < 1024:
             raise ValueError(f"max_response_bytes must be an int >= 1024, got {max_response_bytes!r}")
-        self.max_response_bytes = max_response_bytes
+        self.name = self.model = model
+        self.timeout, self.max_response_bytes = float(timeout), max_response_bytes
         key = api_key or (os.environ.get(api_key_env) if api_key_env else None) or "EMPTY"
-        self.client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=self.timeout,
-                                    http_client=deadline_client(self.timeout))
-        self.max_attempts, self.backoff_initial, self.backoff_max = max_attempts, backoff_initial, backoff_max
-        self.max_retry_after = max_retry_after
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/") + "/"
+        self.transport = HTTPTransport(self.base_url, timeout=self.timeout, api_key=key, attempts=max_attempts,
+                                       max_bytes=max_response_bytes, max_retry_after=max_retry_after,
+                                       backoff_initial=backoff_initial, backoff_max=backoff_max, jitter=True)
+        self.max_attempts = max_attempts
         self.want_logprobs, self.native_tools = logprobs, native_tools
         self.max_argument_depth, self.max_argument_chars = max_argument_depth, max_argument_chars
         self.extra_body = dict(extra_body or {})
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="openai-policy")
-        self.attempts = 0  # requests sent, retries included (for metrics and tests)
+
+    @property
+    def attempts(self) -> int:
+        """Requests sent, retries included (for metrics and tests)."""
+        return self.transport.tries
 
     def generate(self, conversations: Sequence[Conversation], tools: Any = None,
                  sampling: SamplingParams | None = None, *,
@@ -212,20 +231,9 @@ class OpenAIPolicy(Policy):
 
     # ------------------------------------------------------------------ one request, retried
     def _where(self) -> str:
-        return f"{self.model} at {self.client.base_url}"
+        return f"{self.model} at {self.base_url}"
 
-    def _wait(self, state: Any) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        hinted = _retry_after(exc)
-        if hinted is not None:
-            return min(max(hinted, 0.0), self.max_retry_after)
-        from tenacity import wait_random_exponential
-        return wait_random_exponential(multiplier=self.backoff_initial, max=self.backoff_max)(state)
-
-    def _complete(self, conv: Conversation, tools: Any, sampling: SamplingParams) -> Generation:
-        import openai
-        from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt
-
+    def _request(self, conv: Conversation, tools: Any, sampling: SamplingParams) -> dict[str, Any]:
         request: dict[str, Any] = {"model": self.model, "messages": [_to_openai_message(as_chat(m)) for m in conv],
                                    "temperature": sampling.temperature, "top_p": sampling.top_p,
                                    "max_tokens": sampling.max_new_tokens}
@@ -235,171 +243,78 @@ class OpenAIPolicy(Policy):
             request["logprobs"] = True
         if tools and self.native_tools:
             request["tools"] = list(tools)
-        extra = dict(self.extra_body)
-        if sampling.top_k:
-            extra["top_k"] = sampling.top_k
-        retrying = Retrying(retry=retry_if_exception(is_transient), stop=stop_after_attempt(self.max_attempts),
-                            wait=self._wait, reraise=False)
+        return {**request, **self.extra_body, **({"top_k": sampling.top_k} if sampling.top_k else {})}
+
+    def _complete(self, conv: Conversation, tools: Any, sampling: SamplingParams) -> Generation:
+        request = self._request(conv, tools, sampling)
         try:
-            for attempt in retrying:
-                with attempt:
-                    self.attempts += 1
-                    return self._parse(self._send(request, extra))
-        except RetryError as err:
-            last = err.last_attempt.exception()
-            raise APIRetryError(
-                f"{self._where()}: gave up after {self.max_attempts} tries; "
-                f"last error: {type(last).__name__}: {last}") from last
-        except openai.APIStatusError as exc:  # not transient: 401, 403, 400, 404, 422, ...
-            raise PolicyError(f"{self._where()}: HTTP {exc.status_code} (not retried): {exc.message}") from exc
-        except PolicyError:
-            raise
+            return self.transport.request("POST", "/chat/completions", request, model=ChatCompletion,
+                                          convert=self._generation, retry_unusable=True)
+        except ServerError as exc:
+            if exc.transient:
+                raise APIRetryError(f"{self._where()}: gave up after {exc.tries} tries; last error: "
+                                    f"{type(exc).__name__}: {exc.detail}") from exc
+            if exc.status is not None and exc.status >= 400:  # 401, 403, 400, 404, 422, ...
+                raise PolicyError(f"{self._where()}: HTTP {exc.status} (not retried): {exc.reply}") from exc
+            raise PolicyError(f"{self._where()}: {exc.detail}; not retried") from exc
         except Exception as exc:  # never a raw exception out of a rollout
             raise PolicyError(f"{self._where()}: unexpected {type(exc).__name__} (not retried): {exc}") from exc
-        raise AssertionError("unreachable")  # pragma: no cover
 
-    def _send(self, request: dict[str, Any], extra: dict[str, Any]) -> bytes:
-        """One try: the raw 200 body, read within the deadline."""
-        import openai
-
-        with request_deadline(self.timeout, self.max_response_bytes) as deadline:
-            try:
-                raw = self.client.chat.completions.with_raw_response.create(**request, extra_body=extra or None)
-                return raw.content
-            except openai.APITimeoutError as exc:
-                raise DeadlineExceeded(
-                    f"no complete response within the {self.timeout:g} s request deadline (connect, send and the "
-                    f"whole body; gave up after {deadline.elapsed:.2f} s)") from exc
-            except openai.APIConnectionError as exc:  # refused, reset, cut off, unparseable HTTP
-                if too_large(exc) is not None:  # not transient: the same request would get the same answer
-                    raise PolicyError(f"{self._where()}: the response is over the {self.max_response_bytes:,}-byte "
-                                      "limit (max_response_bytes); not retried") from None
-                cause = exc.__cause__ or exc.__context__
-                detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
-                raise TransportError(f"connection failed or the response was cut off: {detail}") from exc
-
-    def _parse(self, body: bytes) -> Generation:
-        def bad(what: str) -> MalformedResponseError:
-            return MalformedResponseError(f"malformed response: {what}")
-
-        if not body:
-            raise bad("empty body")
-        try:
-            data = json.loads(body)
-        except RecursionError:
-            raise bad("the body nests too deeply to parse") from None
-        except ValueError as exc:
-            raise bad(f"the body is not JSON ({exc}): {_snippet(body)}") from None
-        if not isinstance(data, dict):
-            raise bad(f"the body is a JSON {type(data).__name__}, not an object: {_snippet(body)}")
-        if data.get("error") is not None and not data.get("choices"):
-            raise bad(f"a 200 carrying an error: {_snippet(data['error'])}")
-        choices = data.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise bad(f"'choices' is {_snippet(choices, 60) if 'choices' in data else 'missing'}, "
-                      f"not a non-empty list")
-        choice = choices[0]
-        if not isinstance(choice, dict):
-            raise bad(f"choices[0] is a {type(choice).__name__}, not an object")
-        msg = choice.get("message")
-        if not isinstance(msg, dict):
-            raise bad(f"choices[0].message is {'missing' if 'message' not in choice else _snippet(msg, 60)}, "
-                      f"not an object")
-        content = msg.get("content")
-        if content is not None and not isinstance(content, str):
-            raise bad(f"message.content is a {type(content).__name__}, not a string or null")
-        finish = choice.get("finish_reason")
-        if finish is not None and not isinstance(finish, str):
-            raise bad(f"finish_reason is a {type(finish).__name__}, not a string or null")
-
-        raw_calls = msg.get("tool_calls")
-        if raw_calls is not None and not isinstance(raw_calls, list):
-            raise bad(f"message.tool_calls is a {type(raw_calls).__name__}, not a list or null")
-        calls = [self._tool_call(i, c, bad) for i, c in enumerate(raw_calls or [])]
-
-        text = content or ""
+    def _generation(self, out: ChatCompletion) -> Generation:
+        choice = out.choices[0]
+        msg = choice.message
+        calls = [self._tool_call(i, c) for i, c in enumerate(msg.tool_calls or [])]
+        text = msg.content or ""
         if calls:  # the env parses text: render native calls the way the tool-call parser reads them
             rendered = "\n".join("<tool_call>" + json.dumps({"name": c.name, "arguments": c.arguments}) +
                                  "</tool_call>" for c in calls)
             text = f"{text}\n{rendered}" if text else rendered
-
-        logprobs, tokens, ids = [], [], []
-        lp_block = choice.get("logprobs")
-        if lp_block is not None and not isinstance(lp_block, dict):
-            raise bad(f"choices[0].logprobs is a {type(lp_block).__name__}, not an object or null")
-        items = (lp_block or {}).get("content")
-        if items is not None and not isinstance(items, list):
-            raise bad(f"logprobs.content is a {type(items).__name__}, not a list or null")
-        for i, item in enumerate(items or []):
-            if not isinstance(item, dict):
-                raise bad(f"logprobs.content[{i}] is a {type(item).__name__}, not an object")
-            lp, token = item.get("logprob"), item.get("token")
-            if not _is_number(lp):
-                raise bad(f"logprobs.content[{i}].logprob is {'missing' if 'logprob' not in item else repr(lp)}, "
-                          f"not a number")
-            if not math.isfinite(lp):
-                raise bad(f"logprobs.content[{i}].logprob is {lp!r}, not a finite number")
-            if not isinstance(token, str):
-                raise bad(f"logprobs.content[{i}].token is {'missing' if 'token' not in item else repr(token)}, "
-                          f"not a string")
-            logprobs.append(float(lp))
-            tokens.append(token)
-            m = _TOKEN_ID.match(token)
-            ids.append(int(m.group(1)) if m else None)
+        items = choice.logprobs.content if choice.logprobs is not None else None
+        logprobs = [float(item.logprob) for item in items or []]
+        tokens = [item.token for item in items or []]
+        ids = [int(m.group(1)) if m else None for m in map(_TOKEN_ID.match, tokens)]
         token_ids = ids if ids and all(i is not None for i in ids) else []
         return Generation(text=text, token_ids=token_ids, logprobs=logprobs, tool_calls=calls,
-                          finish_reason=finish or "stop", info={"tokens": tokens} if tokens else {})
+                          finish_reason=choice.finish_reason or "stop", info={"tokens": tokens} if tokens else {})
 
-    def _tool_call(self, i: int, call: Any, bad: Any) -> ToolCall:
-        where = f"tool_calls[{i}]"
-        if not isinstance(call, dict):
-            raise bad(f"{where} is a {type(call).__name__}, not an object")
-        function = call.get("function")
-        if not isinstance(function, dict):
-            raise bad(f"{where}.function is {'missing' if 'function' not in call else _snippet(function, 60)}, "
-                      f"not an object")
-        name = function.get("name")
-        if not isinstance(name, str) or not name:
-            raise bad(f"{where}.function.name is {'missing' if 'name' not in function else repr(name)}, "
-                      f"not a non-empty string")
-        call_id = call.get("id")
-        if call_id is not None and not isinstance(call_id, str):
-            raise bad(f"{where}.id is a {type(call_id).__name__}, not a string or null")
-        where = f"{where} ({name!r})"
-        raw = function.get("arguments")
-        if raw is None or raw == "":  # no arguments: a call of a function without parameters
-            args: Any = {}
-        elif isinstance(raw, str):
-            if len(raw) > self.max_argument_chars:
-                raise bad(f"{where}: arguments are {len(raw):,} characters (> max_argument_chars="
-                          f"{self.max_argument_chars:,})")
-            depth = _text_depth(raw)
-            if depth > self.max_argument_depth:
-                raise bad(f"{where}: arguments nest {depth} levels deep (> max_argument_depth="
-                          f"{self.max_argument_depth})")
-            try:
-                args = json.loads(raw, parse_constant=_reject_constant)
-            except (ValueError, RecursionError):
-                args = {"__raw__": raw}  # not JSON: the env reports it; never guessed
-        else:  # a server that sends the arguments already parsed
-            depth = _value_depth(raw)
-            if depth > self.max_argument_depth:
-                raise bad(f"{where}: arguments nest {depth} levels deep (> max_argument_depth="
-                          f"{self.max_argument_depth})")
-            try:
-                size = len(json.dumps(raw, allow_nan=False))
-            except ValueError:
-                raise bad(f"{where}: arguments hold a non-finite number (NaN / Infinity is not JSON)") from None
-            if size > self.max_argument_chars:
-                raise bad(f"{where}: arguments are {size:,} characters as JSON (> max_argument_chars="
-                          f"{self.max_argument_chars:,})")
-            args = raw
+    def _tool_call(self, i: int, call: _ToolCall) -> ToolCall:
+        name = call.function.name
+        where = f"choices[0].message.tool_calls[{i}] ({name!r})"
+        args = self._arguments(where, call.function.arguments)
         if not isinstance(args, dict):
             args = {"__raw__": args}
         try:
-            return ToolCall(name=name, arguments=args, id=call_id)
+            return ToolCall(name=name, arguments=args, id=call.id)
         except Exception as exc:  # pydantic: arguments that are not JSON values
-            raise bad(f"{where}: not a valid tool call: {exc}") from None
+            raise ValueError(f"{where}: not a valid tool call: {exc}") from None
+
+    def _arguments(self, where: str, raw: Any) -> Any:
+        """A tool call's arguments, parsed (a JSON string) and bounded in depth and size."""
+        if raw is None or raw == "":  # no arguments: a call of a function without parameters
+            return {}
+        if isinstance(raw, str):
+            if len(raw) > self.max_argument_chars:
+                raise ValueError(f"{where}: arguments are {len(raw):,} characters (> max_argument_chars="
+                                 f"{self.max_argument_chars:,})")
+            depth = _text_depth(raw)
+        else:  # a server that sends the arguments already parsed
+            depth = _value_depth(raw)
+        if depth > self.max_argument_depth:
+            raise ValueError(f"{where}: arguments nest {depth} levels deep (> max_argument_depth="
+                             f"{self.max_argument_depth})")
+        if isinstance(raw, str):
+            try:
+                return json.loads(raw, parse_constant=_reject_constant)
+            except (ValueError, RecursionError):
+                return {"__raw__": raw}  # not JSON: the env reports it; never guessed
+        try:
+            size = len(json.dumps(raw, allow_nan=False))
+        except ValueError:
+            raise ValueError(f"{where}: arguments hold a non-finite number (NaN / Infinity is not JSON)") from None
+        if size > self.max_argument_chars:
+            raise ValueError(f"{where}: arguments are {size:,} characters as JSON (> max_argument_chars="
+                             f"{self.max_argument_chars:,})")
+        return raw
 
     def check_server(self, timeout: float = 10.0) -> None:
         """Raise a one-line ``ServerError`` when nothing answers at the base URL: the connection is
@@ -408,25 +323,17 @@ class OpenAIPolicy(Policy):
         serve ``/models`` or wants another key is there: the requests themselves say what is wrong).
         ``agentgym eval --model openai:NAME`` and the ``openai`` teacher call it before the first
         episode, so a wrong ``--base-url`` stops the run at once instead of after every retry."""
-        import httpx2
-        import openai
-
-        with request_deadline(min(self.timeout, timeout), self.max_response_bytes):
-            try:
-                self.client.models.list()
-            except openai.APIConnectionError as exc:
-                cause = exc.__cause__ or exc.__context__
-                if isinstance(cause, (httpx2.ConnectError, httpx2.ConnectTimeout)):
-                    detail = f"{type(cause).__name__}: {cause}"
-                    raise ServerError(f"cannot reach the OpenAI-compatible server at {self.client.base_url} "
-                                      f"({detail}); is it running, and is the base URL right?",
-                                      transient=True) from None
-            except openai.APIError:  # it answered: an error status or a body that is not a model list
-                pass
+        try:
+            self.transport.request("GET", "/models", timeout=min(self.timeout, timeout), retry=False)
+        except ServerError as exc:
+            if isinstance(exc.cause, (httpx2.ConnectError, httpx2.ConnectTimeout)):
+                raise ServerError(f"cannot reach the OpenAI-compatible server at {self.base_url} "
+                                  f"({type(exc.cause).__name__}: {exc.cause}); is it running, and is the base URL "
+                                  "right?", transient=True) from None
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self.client.close()
+        self.transport.close()
 
 
 # ---------------------------------------------------------------------------------------- model specs

@@ -27,14 +27,17 @@ import threading
 import time
 import warnings
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import httpcore2
+import httpx2
 from pydantic import BaseModel, ValidationError
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random_exponential
 
 from agentgym.agents.base import PolicyError
 
-__all__ = ["HTTPTransport", "ServerError", "deadline_client", "header_seconds", "retry_after_seconds",
+__all__ = ["HTTPTransport", "ServerError", "DeadlineExceeded", "TransportError", "MalformedResponseError",
+           "RateLimitError", "InternalServerError", "deadline_client", "header_seconds", "retry_after_seconds",
            "request_deadline", "too_large", "ResponseTooLarge", "field_path", "DEFAULT_MAX_RESPONSE_BYTES"]
 
 DEFAULT_MAX_RESPONSE_BYTES = 32 << 20
@@ -43,14 +46,44 @@ _DELTA_SECONDS = re.compile(r"^\d+(?:\.\d+)?$")
 
 class ServerError(PolicyError):
     """A server request failed (after the retries, for transient failures) or its response could not
-    be used; ``status`` is the HTTP status when the server answered."""
+    be used. ``status``: the HTTP status when the server answered; ``transient``: whether it was
+    retried; ``tries``: how many tries were made; ``where``: ``METHOD URL`` and ``detail`` the rest of
+    the message; ``reply``: the start of an error response's body; ``cause``: the HTTP library's
+    exception, if any."""
 
     def __init__(self, message: str, status: int | None = None, *, transient: bool = False,
-                 retry_after: float | None = None):
-        super().__init__(message)
-        self.status = status
-        self.transient = transient
-        self.retry_after = retry_after
+                 retry_after: float | None = None, where: str = "", tries: int = 1, reply: str = "",
+                 cause: BaseException | None = None):
+        gave_up = f" (gave up after {tries} tries)" if tries > 1 else ""
+        super().__init__(f"{where}: {message}{gave_up}" if where else f"{message}{gave_up}")
+        self.status, self.transient, self.retry_after = status, transient, retry_after
+        self.where, self.detail, self.tries, self.reply, self.cause = where, message, tries, reply, cause
+
+    def after(self, tries: int) -> "ServerError":
+        """The same failure, saying how many tries were made."""
+        return type(self)(self.detail, self.status, transient=self.transient, retry_after=self.retry_after,
+                          where=self.where, tries=tries, reply=self.reply, cause=self.cause)
+
+
+class DeadlineExceeded(ServerError):
+    """No complete response within the request deadline (transient)."""
+
+
+class TransportError(ServerError):
+    """The connection failed or the response was cut off (transient)."""
+
+
+class MalformedResponseError(ServerError):
+    """A response whose body could not be used: not JSON, or missing / invalid fields (transient where
+    the request said ``retry_unusable``)."""
+
+
+class RateLimitError(ServerError):
+    """HTTP 429 (transient; named as the ``openai`` client names it)."""
+
+
+class InternalServerError(ServerError):
+    """HTTP 5xx (transient; named as the ``openai`` client names it)."""
 
 
 # ---------------------------------------------------------------------------------------- Retry-After
@@ -182,7 +215,7 @@ def _deadline_backend(inner: Any) -> Any:
 def deadline_client(timeout: float) -> Any:
     """The ``openai`` client's default HTTP client (proxies from the environment included), its
     connection pools given the deadline-bounded network backend (see ``request_deadline``)."""
-    import openai
+    import openai  # heavy (~1 s): only once a transport sends its first request
 
     client = openai.DefaultHttpxClient(timeout=timeout)
     pools = [getattr(t, "_pool", None) for t in [client._transport, *client._mounts.values()] if t is not None]
@@ -223,7 +256,7 @@ def describe(exc: ValidationError) -> str:
     first = errors[0]
     value = first.get("input")
     if isinstance(value, (dict, list)):
-        shown = ""
+        shown = " (got an object)" if isinstance(value, dict) else f" (got a list of {len(value)})"
     else:
         shown = f" (got {json.dumps(value) if _jsonable(value) else repr(value)[:60]})"
     more = f"; and {len(errors) - 1} more" if len(errors) > 1 else ""
@@ -240,11 +273,14 @@ def _jsonable(value: Any) -> bool:
 
 # ---------------------------------------------------------------------------------------- transport
 class HTTPTransport:
-    """Requests to one server at ``root`` (``http://host:port``): see the module docstring."""
+    """Requests to one server at ``root`` (``http://host:port``, or a base such as ``.../v1``): see the
+    module docstring. ``attempts``: tries of a transient failure; back-off ``backoff_initial`` *
+    2**(try - 1) seconds up to ``backoff_max`` (``jitter``: a random wait up to that), or what the
+    server's ``Retry-After`` asks, up to ``max_retry_after``. ``tries`` counts every try sent."""
 
     def __init__(self, root: str, *, timeout: float, api_key: str | None = None, attempts: int = 3,
                  max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, max_retry_after: float = 30.0,
-                 backoff_initial: float = 0.2, backoff_max: float = 2.0):
+                 backoff_initial: float = 0.2, backoff_max: float = 2.0, jitter: bool = False):
         if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
             raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
         if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
@@ -254,7 +290,9 @@ class HTTPTransport:
         self.root = root.rstrip("/")
         self.timeout, self.api_key, self.attempts = float(timeout), api_key, attempts
         self.max_bytes, self.max_retry_after = max_bytes, max_retry_after
-        self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
+        backoff = wait_random_exponential if jitter else wait_exponential
+        self._backoff = backoff(multiplier=backoff_initial, max=backoff_max)
+        self.tries = 0
         self._client: Any = None
         self._lock = threading.Lock()
 
@@ -266,11 +304,12 @@ class HTTPTransport:
             return self._client
 
     def request(self, method: str, path: str, body: Any = None, *, model: type[BaseModel] | None = None,
-                timeout: float | None = None, retry: bool = True) -> Any:
-        """``method path`` with a JSON ``body``; the response validated by ``model`` (JSON required),
-        else the parsed JSON (or the text of a non-JSON response, None when empty)."""
-        from tenacity import Retrying, retry_if_exception, stop_after_attempt
-
+                convert: Callable[[Any], Any] | None = None, timeout: float | None = None, retry: bool = True,
+                retry_unusable: bool = False) -> Any:
+        """``method path`` with a JSON ``body``; the response validated by ``model`` (JSON required) and
+        passed through ``convert`` (a ``ValueError`` there: the response is unusable), else the parsed
+        JSON (or the text of a non-JSON response, None when empty). Transient failures are retried
+        (``retry``), and so is a response that cannot be used if ``retry_unusable``."""
         where = f"{method} {self.root}{path}"
         retrying = Retrying(retry=retry_if_exception(lambda e: isinstance(e, ServerError) and e.transient),
                             stop=stop_after_attempt(self.attempts if retry else 1), wait=self._wait, reraise=True)
@@ -279,79 +318,89 @@ class HTTPTransport:
             for attempt in retrying:
                 with attempt:
                     tries += 1
+                    with self._lock:
+                        self.tries += 1
                     status, ctype, raw = self._send(method, path, body, timeout or self.timeout, where)
+                    return self._decode(raw, ctype, model, convert, where, retry_unusable)
         except ServerError as exc:
-            if exc.transient and tries > 1:
-                raise ServerError(f"{exc} (gave up after {tries} tries)", exc.status, transient=True) from None
-            raise
-        return self._decode(raw, ctype, model, where)
+            raise (exc.after(tries) if exc.transient and tries > 1 else exc) from None
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _wait(self, state: Any) -> float:
         exc = state.outcome.exception() if state.outcome else None
         hinted = getattr(exc, "retry_after", None)
         if hinted is not None:
             return min(max(hinted, 0.0), self.max_retry_after)
-        return min(self.backoff_initial * 2 ** (state.attempt_number - 1), self.backoff_max)
+        return self._backoff(state)
 
     def _send(self, method: str, path: str, body: Any, timeout: float, where: str) -> tuple[int, str, bytes]:
-        import httpx2
-
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         data = None if body is None else json.dumps(body).encode()
+        over = f"the response is over the {self.max_bytes:,}-byte limit (max_response_bytes)"
         with request_deadline(timeout, self.max_bytes + 65_536) as deadline:  # the body's cap plus headers
             try:
                 with self.client.stream(method, self.root + path, content=data, headers=headers,
                                         timeout=timeout) as resp:
                     declared = resp.headers.get("content-length", "")
                     if declared.isdigit() and int(declared) > self.max_bytes:
-                        raise ServerError(f"{where}: the response declares {int(declared):,} bytes, over the "
-                                          f"{self.max_bytes:,}-byte limit (max_response_bytes)", resp.status_code)
+                        raise ServerError(f"the response declares {int(declared):,} bytes, over the "
+                                          f"{self.max_bytes:,}-byte limit (max_response_bytes)", resp.status_code,
+                                          where=where)
                     chunks, size = [], 0
                     for chunk in resp.iter_bytes():
                         size += len(chunk)
                         if size > self.max_bytes:
-                            raise ServerError(f"{where}: the response is over the {self.max_bytes:,}-byte limit "
-                                              "(max_response_bytes)", resp.status_code)
+                            raise ServerError(over, resp.status_code, where=where)
                         chunks.append(chunk)
                     raw = b"".join(chunks)
                     status, ctype = resp.status_code, resp.headers.get("content-type", "")
                     retry_after = retry_after_seconds(resp.headers)
-            except httpx2.TimeoutException:
-                raise ServerError(f"{where}: no complete response within the {timeout:g} s request deadline "
-                                  f"(connect, send and the whole body; gave up after {deadline.elapsed:.2f} s)",
-                                  transient=True) from None
+            except httpx2.TimeoutException as exc:
+                raise DeadlineExceeded(f"no complete response within the {timeout:g} s request deadline (connect, "
+                                       f"send and the whole body; gave up after {deadline.elapsed:.2f} s)",
+                                       transient=True, where=where, cause=exc) from None
             except httpx2.HTTPError as exc:  # refused, reset, cut off, unparseable HTTP
                 if too_large(exc) is not None:  # a compressed body can only be capped as it arrives
-                    raise ServerError(f"{where}: the response is over the {self.max_bytes:,}-byte limit "
-                                      "(max_response_bytes)") from None
-                raise ServerError(f"{where}: {type(exc).__name__}: {exc}", transient=True) from None
+                    raise ServerError(over, where=where) from None
+                raise TransportError(f"connection failed or the response was cut off: {type(exc).__name__}: {exc}",
+                                     transient=True, where=where, cause=exc) from None
         if status >= 400:
             text = raw[:500].decode("utf-8", "replace")
-            raise ServerError(f"{where}: HTTP {status}: {text}", status,
-                              transient=status == 429 or status >= 500, retry_after=retry_after)
+            error = RateLimitError if status == 429 else InternalServerError if status >= 500 else ServerError
+            raise error(f"HTTP {status}: {text}", status, transient=status == 429 or status >= 500,
+                        retry_after=retry_after, where=where, reply=text)
         return status, ctype, raw
 
-    def _decode(self, raw: bytes, ctype: str, model: type[BaseModel] | None, where: str) -> Any:
+    def _decode(self, raw: bytes, ctype: str, model: type[BaseModel] | None, convert: Callable[[Any], Any] | None,
+                where: str, retry: bool) -> Any:
+        def unusable(what: str) -> MalformedResponseError:
+            return MalformedResponseError(what, transient=retry, where=where)
+
         if model is None and "json" not in ctype:
             return raw.decode("utf-8", "replace") if raw else None
-        if not raw and model is None:
-            return None
+        if not raw:
+            if model is None:
+                return None
+            raise unusable("the response body is empty")
         try:
             data = json.loads(raw)
         except RecursionError:
-            raise ServerError(f"{where}: the response nests too deeply to parse") from None
+            raise unusable("the response nests too deeply to parse") from None
         except ValueError as exc:
-            raise ServerError(f"{where}: the response is not JSON ({exc}): {raw[:120]!r}") from None
+            raise unusable(f"the response is not JSON ({exc}): {raw[:120]!r}") from None
         if model is None:
             return data
         try:
-            return model.model_validate(data)
+            value = model.model_validate(data)
+            return value if convert is None else convert(value)
         except ValidationError as exc:
-            raise ServerError(f"{where}: unusable response: {describe(exc)}") from None
+            raise unusable(f"unusable response: {describe(exc)}") from None
         except RecursionError:
-            raise ServerError(f"{where}: the response nests too deeply to validate") from None
+            raise unusable("the response nests too deeply to validate") from None
+        except ValueError as exc:  # convert's
+            raise unusable(f"unusable response: {exc}") from None
 
     def close(self) -> None:
         with self._lock:

@@ -248,26 +248,26 @@ def test_retry_after_values():
 
 
 # ---------------------------------------------------------------------------------------- malformed bodies
-MALFORMED = {
+MALFORMED = {  # the shared transport's typed response model names the field and what it got
     "truncated": r"TransportError: connection failed or the response was cut off: RemoteProtocolError: peer closed",
-    "malformed": r"MalformedResponseError: malformed response: the body is not JSON",
+    "malformed": r"MalformedResponseError: the response is not JSON",
     "bad_content_length": r"TransportError: .*Content-Length",
-    "not_json": r"the body is not JSON \(Expecting value.*'<html><body>502 Bad Gateway",
-    "json_not_object": r"the body is a JSON list, not an object",
-    "empty_body": r"malformed response: empty body",
-    "error_200": r"a 200 carrying an error: .*the engine is overloaded",
-    "missing_choices": r"'choices' is missing, not a non-empty list",
-    "empty_choices": r"'choices' is '\[\]', not a non-empty list",
-    "missing_message": r"choices\[0\]\.message is missing, not an object",
-    "content_not_string": r"message\.content is a dict, not a string or null",
-    "missing_function": r"tool_calls\[0\]\.function is missing, not an object",
-    "null_name": r"tool_calls\[0\]\.function\.name is None, not a non-empty string",
-    "null_logprob": r"logprobs\.content\[1\]\.logprob is None, not a number",
-    "nan_logprob": r"logprobs\.content\[1\]\.logprob is nan, not a finite number",
-    "inf_logprob": r"logprobs\.content\[1\]\.logprob is -inf, not a finite number",
-    "missing_token": r"logprobs\.content\[0\]\.token is missing, not a string",
+    "not_json": r"the response is not JSON \(Expecting value.*'<html><body>502 Bad Gateway",
+    "json_not_object": r"the body: Input should be a valid dictionary .*\(got a list of \d+\)",
+    "empty_body": r"MalformedResponseError: the response body is empty",
+    "error_200": r"the body: Value error, a 200 carrying an error: .*the engine is overloaded",
+    "missing_choices": r"unusable response: choices: Field required",
+    "empty_choices": r"unusable response: choices: List should have at least 1 item after validation, not 0",
+    "missing_message": r"choices\[0\]\.message: Field required",
+    "content_not_string": r"choices\[0\]\.message\.content: Input should be a valid string \(got an object\)",
+    "missing_function": r"choices\[0\]\.message\.tool_calls\[0\]\.function: Field required",
+    "null_name": r"tool_calls\[0\]\.function\.name: Input should be a valid string \(got null\)",
+    "null_logprob": r"choices\[0\]\.logprobs\.content\[1\]\.logprob: Input should be a valid number \(got null\)",
+    "nan_logprob": r"logprobs\.content\[1\]\.logprob: Input should be a finite number \(got nan\)",
+    "inf_logprob": r"logprobs\.content\[1\]\.logprob: Input should be a finite number \(got -inf\)",
+    "missing_token": r"choices\[0\]\.logprobs\.content\[0\]\.token: Field required",
     "deep_arguments": r"tool_calls\[0\] \('f'\): arguments nest 5000 levels deep \(> max_argument_depth=64\)",
-    "deep_body": r"malformed response: the body nests too deeply to parse",
+    "deep_body": r"MalformedResponseError: the response nests too deeply to parse",
     "huge_arguments": r"tool_calls\[0\] \('f'\): arguments are 1,000,01\d characters \(> max_argument_chars=1,000,000\)",
 }
 
