@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import warnings
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -41,11 +40,12 @@ from agentgym.config_files import (MAX_CONFIG_BYTES, MAX_CONFIG_CHARS, MAX_CONFI
                                    MAX_CONFIG_VALUES, MAX_YAML_ALIASES, ConfigError, _merge, _read_file,
                                    check_config_limits, parse_overrides, run_folder_config)
 from agentgym.config_help import format_errors, render_help
+from agentgym.config_plugins import PluginSection, moved_keys, settings_of
 from agentgym.envspec import check_env_id, env_defaults
 from agentgym.feedback.base import check_options
 from agentgym.feedback.prompts import check_templates
 from agentgym.plugins import (LEARNERS, ROLLOUT_BACKENDS, SELECTORS, SOURCES, TEACHERS, Registry, UnknownPluginError,
-                              import_plugins, settings_class, suggest)
+                              import_plugins, suggest)
 
 __all__ = ["DISABLED", "FROM_PYTHON", "RunConfig", "ModelConfig", "EnvConfig", "RolloutConfig", "FeedbackConfig", "LearnerConfig",
            "TeacherConfig", "TrainConfig", "load_config", "validate_config", "ConfigError", "config_hash", "help_text",
@@ -139,108 +139,7 @@ class EnvConfig(_Section):
         return v
 
 
-def _settings_of(cls: type[BaseModel], value: Any, where: str, owner: str, also: tuple[str, ...] = ()) -> BaseModel:
-    """``value`` (a table) validated into a plugin's ``Settings`` ``cls``: an unknown key names the
-    nearest known one, a bad value its key under ``where``."""
-    if isinstance(value, BaseModel):
-        value = value.model_dump()
-    if not isinstance(value, dict):
-        raise ValueError(f"{where}: the settings of {owner} must be a table of its settings, got {value!r}")
-    known = sorted(cls.model_fields)
-    for key in value:
-        if key not in known:
-            raise ValueError(f"{where}.{key}: unknown key in [{where}] for {owner}{suggest(key, known)}; "
-                             f"known keys: {[*also, *known]}")
-    try:
-        return cls.model_validate(value)
-    except ValidationError as exc:
-        raise ValueError(format_errors(exc, prefix=where)) from None
-
-
-class _PluginSection(_Section):
-    """A section that names a registered plugin (its ``plugin_field``) and holds ``[<section>.<name>]``
-    tables: each registered plugin's own ``Settings`` (``agentgym.plugins.PluginSettings``).
-    ``settings`` is the chosen plugin's, validated; config.json holds its concrete values."""
-
-    model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
-    plugin_registry: ClassVar[Registry]
-    plugin_field: ClassVar[str]
-    plugin_section: ClassVar[str]
-    _settings: Any = PrivateAttr(default=None)
-
-    @model_validator(mode="after")
-    def _plugin_settings(self) -> "_PluginSection":
-        registry, where = self.plugin_registry, self.plugin_section
-        chosen, fields = getattr(self, self.plugin_field), sorted(type(self).model_fields)
-        tables = dict(self.model_extra or {})
-        for key in tables:
-            if key not in registry:
-                raise ValueError(f"{where}.{key}: unknown key in [{where}]{suggest(key, fields + registry.names())}; "
-                                 f"[{where}] takes {fields} and [{where}.<{registry.kind}>] settings of "
-                                 f"{', '.join(registry.names())}")
-        if chosen in registry:  # else a plugin given to Trainer(...) as an object
-            tables.setdefault(chosen, {})
-        settings = {}
-        for name, table in tables.items():
-            try:
-                cls = settings_class(registry.get(name), f"{where}.{name}")
-            except (ImportError, TypeError) as exc:
-                raise ValueError(f"{where}.{name}: {exc}") from None
-            settings[name] = _settings_of(cls, table, f"{where}.{name}", f"{registry.kind} {name!r}")
-        self._settings = settings.get(chosen)
-        self.__pydantic_extra__ = {name: s.model_dump() for name, s in settings.items()
-                                   if name != chosen or type(s).model_fields or name in (self.model_extra or {})}
-        return self
-
-    @property
-    def settings(self) -> Any:
-        """The validated ``Settings`` instance of the chosen plugin."""
-        return self._settings
-
-
-# Plugin settings that lived in the core sections, read at their new place (with a FutureWarning) so that
-# old config files and run folders keep working: section -> old key -> (new table, new key, old default).
-# An old key at its old default is dropped silently (every old config.json holds all of them).
-_MOVED: dict[str, dict[str, tuple[tuple[str, ...], str, Any]]] = {
-    "rollout": {"vllm_gpu_memory_utilization": (("vllm",), "gpu_memory_utilization", 0.4),
-                "vllm_kwargs": (("vllm",), "kwargs", {}),
-                "servers": (("vllm_server",), "servers", []),
-                "sync_dir": (("vllm_server",), "sync_dir", None),
-                "server_timeout_s": (("vllm_server",), "timeout_s", 600.0)},
-    "feedback": {"api_base_url": (("teacher", "openai"), "base_url", None),
-                 "api_model": (("teacher", "openai"), "model", None),
-                 "api_key_env": (("teacher", "openai"), "api_key_env", "OPENAI_API_KEY"),
-                 "api_timeout_s": (("teacher", "openai"), "timeout_s", 60.0),
-                 "api_max_concurrency": (("teacher", "openai"), "max_concurrency", 8),
-                 "api_max_attempts": (("teacher", "openai"), "max_attempts", 6)},
-}
-
-
-def _moved_keys(data: Any, section: str) -> Any:
-    """``data`` with the old flat keys of ``section`` moved to their plugin's table (see ``_MOVED``)."""
-    moves = _MOVED[section]
-    if not isinstance(data, dict) or not moves.keys() & data.keys():
-        return data
-    data = dict(data)
-    for old, (path, new, default) in moves.items():
-        if old not in data:
-            continue
-        value, node = data.pop(old), data
-        if value == default:
-            continue
-        for part in path:
-            child = node.get(part)
-            node[part] = {"name": child} if isinstance(child, str) else dict(child or {})
-            node = node[part]
-        where = ".".join((section, *path))
-        if new not in node:
-            node[new] = value
-        warnings.warn(f"{section}.{old} moved to [{where}] {new} (--{where}.{new}); the old key is read there "
-                      f"for now", FutureWarning, stacklevel=2)
-    return data
-
-
-class RolloutConfig(_PluginSection):
+class RolloutConfig(PluginSection):
     """Besides the fields, ``[rollout.<backend>]`` holds a registered rollout backend's own settings,
     e.g. ``--rollout.vllm.gpu_memory_utilization 0.5`` or ``--rollout.vllm_server.servers '[...]'``."""
 
@@ -261,7 +160,7 @@ class RolloutConfig(_PluginSection):
     @model_validator(mode="before")
     @classmethod
     def _old_keys(cls, data: Any) -> Any:
-        return _moved_keys(data, "rollout")
+        return moved_keys(data, "rollout")
 
     @field_validator("backend")
     @classmethod
@@ -269,7 +168,7 @@ class RolloutConfig(_PluginSection):
         return _known(v, ROLLOUT_BACKENDS)
 
 
-class TeacherConfig(_PluginSection):
+class TeacherConfig(PluginSection):
     """``[feedback.teacher]``: ``name`` and ``[feedback.teacher.<name>]`` tables of a registered
     teacher's own settings; a plain string is the name (``--feedback.teacher openai``)."""
 
@@ -334,7 +233,7 @@ class FeedbackConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _old_keys(cls, data: Any) -> Any:
-        return _moved_keys(data, "feedback")
+        return moved_keys(data, "feedback")
 
     @model_validator(mode="after")
     def _plugin_options(self) -> "FeedbackConfig":
@@ -375,7 +274,7 @@ class LearnerConfig(BaseModel):
             LEARNERS.check(self.name)
         except UnknownPluginError as exc:
             raise ValueError(f"learner.name: {exc}") from None
-        settings = _settings_of(LEARNERS.get(self.name).Settings, dict(self.model_extra or {}), "learner",
+        settings = settings_of(LEARNERS.get(self.name).Settings, dict(self.model_extra or {}), "learner",
                                 f"learner {self.name!r}", also=("name",))
         self._settings = settings
         self.__pydantic_extra__ = settings.model_dump()  # concrete values in config.json
