@@ -15,7 +15,9 @@ import pickle
 import threading
 from typing import Any, Iterable
 
-__all__ = ["shelf_key", "take", "put", "idle_envs", "close_idle_envs"]
+from agentgym.wrappers import make
+
+__all__ = ["RunEnvs", "shelf_key", "take", "put", "idle_envs", "close_idle_envs"]
 
 _SHELF: dict[tuple, list[Any]] = {}  # (env id, pickled sorted kwargs) -> idle envs, ready for a reset
 _SHELF_LOCK = threading.Lock()
@@ -40,6 +42,37 @@ def put(key: tuple, envs: Iterable[Any]) -> None:
     """Keep ``envs`` (healthy, their episodes over) for the next run with the same key."""
     with _SHELF_LOCK:
         _SHELF.setdefault(key, []).extend(envs)
+
+
+class RunEnvs:
+    """The in-process envs of one rollout run: a finished episode's healthy env serves the run's next
+    episode; at the end of the run they go on the shelf (``keep=True``) or are closed. New envs are
+    built with ``agentgym.wrappers.make``."""
+
+    def __init__(self, env_id: str, env_kwargs: dict[str, Any], keep: bool = True):
+        self.env_id, self.env_kwargs = env_id, dict(env_kwargs)
+        self.key = shelf_key(env_id, self.env_kwargs) if keep else None
+        self.idle: list[Any] = []
+
+    def take(self) -> Any:
+        """An idle env of this run, else of an earlier run with the same id and kwargs, else a new one."""
+        if self.idle:
+            return self.idle.pop()
+        env = take(self.key) if self.key is not None else None
+        return env if env is not None else make(self.env_id, **self.env_kwargs)
+
+    def give_back(self, env: Any) -> None:
+        """``env``'s episode ended cleanly: it serves the next one (``reset()`` starts it afresh)."""
+        self.idle.append(env)
+
+    def end_run(self) -> None:
+        """The run is over: its idle envs wait for the next run, or are closed when not kept."""
+        envs, self.idle = self.idle, []
+        if self.key is not None:
+            put(self.key, envs)
+            return
+        for env in envs:
+            env.close()
 
 
 def idle_envs(env_id: str | None = None) -> int:

@@ -14,13 +14,12 @@ generated with ``request_seed(sampling.seed, seed, task, member, t)`` (a stable 
 policy whose ``generate`` takes ``seeds=``. So the steps of an episode and the members of a group
 draw independent samples, and a run's samples depend only on those numbers - not on which episodes
 share a batch, ``max_concurrent``, a resumed run's skipped episodes or the process's RNG state.
-An env that raises is closed and its episode recorded as truncated with the error; the run goes on.
-With ``workers=N`` (``env.workers``) the envs live in N worker processes (``agentgym.envpool``) and
-generation overlaps their steps; a worker that dies truncates its episodes with the cause.
-In-process envs (``workers=0``) persist across runs too: a healthy env goes back to a process-wide
-shelf keyed by env id and kwargs when its episode ends, and the next run with the same id and kwargs
-(a trainer's next update) resets it instead of building a new one (``keep_envs=False`` closes them
-at the end of the run instead; ``close_idle_envs()`` or interpreter exit closes the shelf).
+Envs are built with ``agentgym.wrappers.make`` (a plain gymnasium env gets a step deadline, a step
+limit and errors turned into truncation). An env that raises is closed and its episode recorded as
+truncated with the error; the run goes on. With ``workers=N`` (``env.workers``) the envs live in N
+worker processes (``agentgym.envpool``) and generation overlaps their steps; a worker that dies
+truncates its episodes with the cause. In-process envs (``workers=0``) are kept for the next run
+with the same id and kwargs (``agentgym.envshelf``; ``keep_envs=False`` closes them instead).
 A policy that raises (a permanent API error, say) stops the run: finished episodes are already in
 the store.
 
@@ -44,16 +43,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import gymnasium as gym
-
 from tqdm.auto import tqdm
 
-from agentgym import envshelf
-from agentgym.agents.base import derive_seed  # the one seed formula; helper kept where train/eval/TRL import it
+from agentgym.agents.base import derive_seed  # a core import of a plugin folder: see issue #25 item 1 (one seed function)
 from agentgym.envpool import EnvPool, shared_pool
-from agentgym.envshelf import close_idle_envs, idle_envs
+from agentgym.envshelf import RunEnvs, close_idle_envs, idle_envs
 from agentgym.store import TrajectoryStore, read_trajectories
 from agentgym.types import EpisodeTokens, Feedback, Message, Step, Trajectory, episode_tokens, json_safe
-from agentgym.wrappers import make
 
 RESET = "reset"  # the ``where`` of an episode whose env failed to reset (its error starts with it)
 
@@ -141,10 +137,10 @@ class RolloutRunner:
     ``workers``: 0 (default) steps the envs in this process, one generation batch then one env step
     per live episode; N > 0 runs them in N spawned env worker processes (``agentgym.envpool``; the
     process-wide pool for this env id, kwargs and N, kept for the next run; or an ``EnvPool`` given
-    here), generation overlapping the env steps of other episodes. The trajectories are the same either way for a seeded policy (request seeds
-    never depend on batching); a dead worker's episodes are truncated with the cause.
-    ``keep_envs`` (default True): in-process envs outlive the run on the process-wide shelf, so a
-    later run with the same env id and kwargs resets them instead of building new ones.
+    here), generation overlapping the env steps of other episodes. The trajectories are the same
+    either way for a seeded policy (request seeds never depend on batching); a dead worker's
+    episodes are truncated with the cause. ``keep_envs`` (default True): in-process envs outlive the
+    run (``agentgym.envshelf``), so a later run with the same env id and kwargs resets them.
     """
 
     def __init__(self, policy: Any, env_id: str, tasks: Sequence[dict[str, Any] | None] | int, *,
@@ -177,8 +173,7 @@ class RolloutRunner:
                 self._done_keys = {t.episode for t in read_trajectories(path) if t.run_id == self.run_id}
         self.store = TrajectoryStore(store) if self._own_store else store
         self.stats = RolloutStats()
-        self._idle_envs: list[Any] = []
-        self._shelf_key = envshelf.shelf_key(env_id, self.env_kwargs) if keep_envs else None
+        self._envs = RunEnvs(env_id, self.env_kwargs, keep=keep_envs)
         self._token_level = bool(getattr(policy, "token_level", False))
         self._takes_seeds = takes_seeds(policy)
         if not isinstance(workers, EnvPool) and (isinstance(workers, bool) or not isinstance(workers, int)
@@ -195,7 +190,7 @@ class RolloutRunner:
         ep.started = time.perf_counter()
         t0 = time.perf_counter()
         try:
-            ep.env = self._idle_envs.pop() if self._idle_envs else self._take_env()
+            ep.env = self._envs.take()
             _, info = ep.env.reset(seed=ep.seed, options=dict(ep.options))
         except Exception as exc:  # an env (or its data) failed: record it, go on
             self.stats.env_seconds += time.perf_counter() - t0
@@ -237,7 +232,7 @@ class RolloutRunner:
         if self.pool is not None:
             self.pool.release(ep.pool_key)  # the worker keeps the env for its next episode
         elif ep.env is not None:
-            self._idle_envs.append(ep.env)  # healthy envs are reused (reset() starts them afresh)
+            self._envs.give_back(ep.env)  # healthy envs are reused
         ep.env = None
         final = sum(s.reward for s in ep.steps)
         last_info = ep.steps[-1].info if ep.steps else {}
@@ -354,27 +349,12 @@ class RolloutRunner:
                     self.pool.close_env(ep.pool_key)
                 elif ep.env is not None:
                     ep.env.close()
-            self._shelve_idle_envs()
+            self._envs.end_run()
             self.pool = None  # a shared or given pool stays open for the next run
             if self._own_store:
                 self.store.close()
             self.stats.total_seconds += time.perf_counter() - started
         return sorted(done, key=lambda t: (t.task_index, t.member))
-
-    def _take_env(self) -> Any:
-        """An idle env of an earlier run with the same id and kwargs, else a new one (``agentgym.wrappers.make``:
-        a plain gymnasium env gets the step deadline, limit and error handling an AgentEnv has)."""
-        env = envshelf.take(self._shelf_key) if self._shelf_key is not None else None
-        return env if env is not None else make(self.env_id, **self.env_kwargs)
-
-    def _shelve_idle_envs(self) -> None:
-        """End of run: the healthy envs wait for the next run (or are closed with keep_envs=False)."""
-        envs, self._idle_envs = self._idle_envs, []
-        if self._shelf_key is not None:
-            envshelf.put(self._shelf_key, envs)
-            return
-        for env in envs:
-            env.close()
 
     def _generate(self, eps: list[_Episode]) -> list[Any]:
         t0 = time.perf_counter()
@@ -389,17 +369,15 @@ class RolloutRunner:
                              f"generations for {len(eps)} conversations")
         return gens
 
-    def _timed_out(self, live: list[_Episode], done: list[Trajectory], bar: Any) -> None:
-        """Finish the episodes of ``live`` past ``max_episode_seconds`` (removed from ``live``)."""
+    def _timed_out(self, eps: list[_Episode]) -> list[tuple[_Episode, Trajectory]]:
+        """The episodes of ``eps`` past ``max_episode_seconds``, each finished (truncated, with the cause)."""
         if self.max_episode_seconds is None:
-            return
+            return []
         now = time.perf_counter()
-        for ep in [e for e in live if now - e.started > self.max_episode_seconds]:
-            live.remove(ep)
-            done.append(self._finish(ep, terminated=False, truncated=True,
-                                     error=f"time limit: episode ran {now - ep.started:.1f}s "
-                                           f"> max_episode_seconds={self.max_episode_seconds}"))
-            bar.update(1)
+        return [(ep, self._finish(ep, terminated=False, truncated=True,
+                                  error=f"time limit: episode ran {now - ep.started:.1f}s "
+                                        f"> max_episode_seconds={self.max_episode_seconds}"))
+                for ep in [e for e in eps if now - e.started > self.max_episode_seconds]]
 
     def _postfix(self, bar: Any, done: list[Trajectory], live: int) -> None:
         """Shown after every batch of env steps, so the bar moves while episodes run: its count is
@@ -422,7 +400,10 @@ class RolloutRunner:
                     live.append(ep)
             if not live:
                 continue
-            self._timed_out(live, done, bar)
+            for ep, traj in self._timed_out(live):
+                live.remove(ep)
+                done.append(traj)
+                bar.update(1)
             if not live:
                 continue
             gens = self._generate(live)
@@ -448,6 +429,18 @@ class RolloutRunner:
             self._pool_loop(pending, done, live, bar)
         finally:
             self.stats.worker_respawns += self.pool.respawns - respawns_before
+
+    def _pool_reply(self, ep: _Episode, event: Any) -> Trajectory | None:
+        """Take in the env worker's reply for ``ep``: the episode's trajectory when it ended, else None."""
+        self.stats.env_seconds += event.seconds
+        gen, ep.gen = ep.gen, None
+        if event.op == "reset":
+            return self._begin(ep, event.value[1]) if event.ok else self._fail(ep, event.value, RESET)
+        if event.ok:
+            return self._after_step(ep, gen, event.value)
+        if gen is not None:
+            return self._step_failed(ep, gen, event.value)
+        return self._fail(ep, event.value, f"step {len(ep.steps)}")  # its worker died while it waited for the policy
 
     def _pool_loop(self, pending: deque, done: list[Trajectory], live: list[_Episode], bar: Any) -> None:
         by_key: dict[str, _Episode] = {}  # pool key -> episode
@@ -477,28 +470,15 @@ class RolloutRunner:
                 self.stats.env_wait_seconds += time.perf_counter() - t0
             for event in events:
                 ep = by_key.get(event.key)
-                if ep is None:
+                if ep is None:  # its episode already ended (in this batch, or in an aborted run)
                     continue
-                self.stats.env_seconds += event.seconds
-                if event.op == "reset":
-                    failed = self._begin(ep, event.value[1]) if event.ok else self._fail(ep, event.value, RESET)
-                elif event.ok:
-                    failed = self._after_step(ep, ep.gen, event.value)
-                elif ep.gen is not None:
-                    failed = self._step_failed(ep, ep.gen, event.value)
-                else:  # its worker died while the episode waited for the policy
-                    failed = self._fail(ep, event.value, f"step {len(ep.steps)}")
-                ep.gen = None
+                failed = self._pool_reply(ep, event)
                 if failed is not None:
                     end(ep, failed)
                 elif ep not in ready:
                     ready.append(ep)
-            waiting = [ep for ep in ready]
-            self._timed_out(waiting, done, bar)
-            for ep in [e for e in ready if e not in waiting]:  # finished by the time limit
-                by_key.pop(ep.pool_key, None)
-                live.remove(ep)
-                ready.remove(ep)
+            for ep, traj in self._timed_out(ready):
+                end(ep, traj)
             if not ready:
                 continue
             batch, ready[:] = list(ready), []
