@@ -13,20 +13,14 @@ answers with an observation and a ``Feedback(kind="error")`` and the episode goe
 
 Model text is hostile (see DESIGN.md, "Trust boundaries"), so ``step`` never raises on any text,
 and every step runs under a deadline, ``step_timeout_s`` (60 s by default; ``None`` disables it),
-enforced from outside the step by a watchdog (``StepWatchdog``):
-
-- on the main thread, ``SIGALRM`` (``signal.setitimer``) interrupts the step, including a blocking
-  ``time.sleep`` or socket read, unless some other code already owns ``SIGALRM``;
-- on any other thread (or when ``SIGALRM`` is taken), a shared watchdog thread raises ``StepTimeout``
-  in the stepping thread with ``PyThreadState_SetAsyncExc``; it is delivered at the next bytecode
-  boundary, so a blocking call in that thread is interrupted only when it returns.
-
-``StepTimeout`` derives from ``BaseException`` so a backend's ``except Exception`` cannot swallow
-it, and it is raised again every second until the step gives up. A step that overruns ends the
+enforced from outside the step by a watchdog (``StepWatchdog``, ``agentgym.deadline``: ``SIGALRM``
+on the main thread, an asynchronous ``StepTimeout`` on any other). A step that overruns ends the
 episode: ``truncated=True``, an observation and a ``Feedback(kind="error", payload={"type":
 "step_timeout", ...})`` naming the limit and where the step was interrupted, and
 ``info["truncated_by"] == "step_timeout"``; the env is usable again after ``reset()``. An unexpected
-exception inside ``_step`` is handled the same way (``payload["type"] == "step_error"``).
+exception inside ``_step`` is handled the same way (``payload["type"] == "step_error"``). A plain
+``gymnasium.Env`` built through agentgym (``agentgym.wrappers.make``: the rollout runner, the env
+pool) gets the same deadline, error handling and a step limit from gymnasium wrappers.
 
 What no in-process watchdog can do: interrupt C code that holds the GIL (a catastrophic regex, a
 huge big-integer power, a C extension's loop). Neither a signal handler nor an asynchronous
