@@ -14,13 +14,13 @@
 - ``state.json``: ``{"step": K, "config_hash": ..., "time": ..., "manifest_sha256": ..., "checksum": ...}``,
   written last, so a checkpoint without it is incomplete and ignored.
 
-Data, never code. A checkpoint is often someone else's (a shared run folder), so nothing in it is
-unpickled: each state file is a safetensors file whose tensors are the state's tensors and whose
+Data, never code (``agentgym.checkpoint_files``). A checkpoint is often someone else's (a shared run
+folder), so nothing in it is unpickled: each state file is a safetensors file whose tensors are the state's tensors and whose
 metadata holds the rest of the nested structure as JSON (dicts, lists, tuples, numbers, strings; see
 ``encode_tree``). Checkpoints of older agentgym versions (``*.pt``, manifest version 1) are read with
 ``torch.load(weights_only=True)`` and only the numpy types of an RNG state allowed besides torch's own
 safe types; anything else in them is refused with a message and never executed. ``manifest.json`` and
-``state.json`` are validated against schemas (pydantic), every file name must resolve to a regular
+``state.json`` are validated against schemas (pydantic, ``agentgym.checkpoint_verify``), every file name must resolve to a regular
 file inside the checkpoint folder (no absolute names, ``..`` or symbolic links), and any damage is a
 one-line ``CheckpointError`` that makes ``latest_intact_checkpoint`` fall back to an older one. The
 checksums only detect accidental damage: a forger can recompute them, which is why loading must be
@@ -38,9 +38,12 @@ checkpoint that verifies. ``load_checkpoint`` reads everything into memory first
 torch / safetensors / pickle failure into ``CheckpointError``, refuses non-finite tensors
 (``NonFiniteCheckpointError``), and only then touches the model and the learner.
 
+What is saved comes from one object (``Checkpointable``: a learner's ``Engine``, or the learner):
+its ``unwrapped`` model's weights and its ``state_dict()`` (updates, optimizer, teacher, reference).
+
 Sharded runs (FSDP2, DeepSpeed ZeRO-3). ``gather_for_save`` (every process calls it: it gathers one
 tensor at a time) collects the whole trainable weights (LoRA: the adapter; full fine-tuning: every
-weight) and the learner state (optimizer moments, teacher, reference) on CPU; the main process
+weight) and the engine's state (optimizer moments, teacher, reference) on CPU; the main process
 passes them to ``save_checkpoint(weights=..., state=...)``. The files are the same as a one-process
 run's, and ``load_checkpoint`` cuts each process's shard back out of them, so a checkpoint moves
 between one process and N, or between N and M processes. Memory: the main process holds one whole
@@ -54,229 +57,202 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import math
 import os
-import re
-import random
 import shutil
 import time
-import warnings
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Protocol
 
-import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors.torch import load_file
 
+from agentgym.checkpoint_files import (STATE_PARTS, NonFiniteCheckpointError, assert_finite, decode_tree, encode_tree,
+                                       load_legacy_file, load_state_file, rng_state, save_state_file, set_rng_state)
+from agentgym.checkpoint_verify import (_TMP_PREFIX, MANIFEST_VERSION, CheckpointWarning, _inside, _newest_usable,
+                                        _sha256, _state_checksum, _step_of, clean_stray_temp, latest_checkpoint,
+                                        latest_intact_checkpoint, list_checkpoints, verify_checkpoint)
 from agentgym.errors import CheckpointError
 from agentgym.faults import crash_point
+from agentgym.sharding import full, is_sharded, kept_here, load_full, local_data, reshard
 
-__all__ = ["save_checkpoint", "latest_checkpoint", "latest_intact_checkpoint", "load_checkpoint",
+__all__ = ["Checkpointable", "save_checkpoint", "latest_checkpoint", "latest_intact_checkpoint", "load_checkpoint",
            "resume_checkpoint", "verify_checkpoint", "list_checkpoints", "clean_stray_temp",
            "assert_finite", "rng_state", "set_rng_state", "CheckpointError", "NonFiniteCheckpointError",
-           "CheckpointWarning", "gather_for_save"]
-
-MANIFEST_VERSION = 2  # 1: the state files were torch.save pickles (*.pt)
-_TMP_PREFIX = ".step-"
+           "CheckpointWarning", "gather_for_save", "STATE_PARTS", "MANIFEST_VERSION", "encode_tree", "decode_tree",
+           "save_state_file", "load_state_file", "load_legacy_file"]
 
 
-class NonFiniteCheckpointError(CheckpointError):
-    """A checkpoint (or the weights about to be saved) holds NaN or infinite values."""
+class Checkpointable(Protocol):
+    """What a checkpoint saves and restores: a learner's ``Engine`` (or the learner, which forwards to it)."""
+
+    @property
+    def unwrapped(self) -> torch.nn.Module:
+        """The model whose weights are saved (``save_pretrained``) and loaded."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"updates", "optimizer", "teacher", "reference"}``, every tensor whole and on CPU."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
 
 
-class CheckpointWarning(UserWarning):
-    """A damaged checkpoint was skipped in favour of an older intact one (or could not be verified)."""
+# ------------------------------------------------------------------------------------------ save
+def gather_for_save(engine: Checkpointable, *, keep: bool = True) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
+    """(whole weights to save, or None when ``engine.unwrapped`` is not sharded and saves itself; the
+    engine's state with every tensor whole). A collective under sharding: every process calls it, one
+    tensor at a time; ``keep=False`` on the processes that do not write (they hold no whole copy:
+    their tensors come back empty)."""
+    model = engine.unwrapped
+    weights = None
+    with kept_here(keep):
+        if is_sharded(model):
+            adapter = hasattr(model, "peft_config")
+            keys = set(model.state_dict().keys())
+            weights = {n: full(p, p) for n, p in model.named_parameters() if p.requires_grad or not adapter}
+            if not adapter:
+                weights.update({n: b.detach().cpu() for n, b in model.named_buffers() if n in keys})
+        return weights, engine.state_dict()
 
 
-# ------------------------------------------------------------------------------------------ RNG
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def save_checkpoint(run_dir: str | Path, step: int, engine: Checkpointable, *, config_hash: str,
+                    extra: dict[str, Any] | None = None, keep: int = 2, check_finite: bool = True,
+                    weights: dict[str, torch.Tensor] | None = None, state: dict[str, Any] | None = None) -> Path:
+    """Write ``checkpoints/step-{step}`` crash-consistently and prune; returns the new folder.
 
+    Removes stray ``.step-*`` temporary folders first. With ``check_finite`` (the default) weights or
+    learner state holding NaN / inf are refused (``NonFiniteCheckpointError``) before anything is
+    written, so the previous checkpoint stays the latest. Any failure while writing (``ENOSPC``, an
+    I/O error, a serialisation error) removes the temporary folder and raises ``CheckpointError``;
+    the previous checkpoint stays the latest. After the rename, the ``keep`` newest complete
+    checkpoints are kept, older ones are removed, and so are checkpoints of a *later* step than
+    ``step`` (left by an abandoned timeline: a run restarted from an earlier checkpoint).
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ------------------------------------------------------------------------------------------ state files
-# Markers of the JSON tree stored in a state file's safetensors metadata (a plain dict never uses them:
-# a dict with a non-string key or a key starting with "__" is stored as a list of pairs instead).
-_TENSOR, _TUPLE, _DICT, _FLOAT, _ARRAY = "__tensor__", "__tuple__", "__dict__", "__float__", "__ndarray__"
-_ARRAY_DTYPES = ("bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
-                 "float16", "float32", "float64")
-_TREE_KEY = "agentgym.tree"
-STATE_PARTS = ("optimizer", "teacher", "schedule", "rng")  # the state files besides the model weights
-
-
-def encode_tree(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    """``obj`` (nested dicts / lists / tuples of tensors, numpy arrays, numbers, strings, None) as a
-    JSON-able tree; its tensors are added to ``tensors`` (named by their order) and referenced by
-    name. Any other type is a ``CheckpointError`` (it would need pickle).
-
-    >>> tensors = {}
-    >>> encode_tree({"step": 3, "betas": (0.9, 0.99), "m": torch.zeros(2)}, tensors), list(tensors)
-    ({'step': 3, 'betas': {'__tuple__': [0.9, 0.99]}, 'm': {'__tensor__': '0'}}, ['0'])
+    ``weights`` / ``state``: what ``gather_for_save`` returned (a sharded model: only the main process
+    calls this, with the gathered tensors); by default the model saves itself and the engine's
+    ``state_dict()`` is taken here.
     """
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else {_FLOAT: repr(float(obj))}
-    if isinstance(obj, torch.Tensor):
-        name = str(len(tensors))
-        tensors[name] = obj.detach().cpu().contiguous()
-        return {_TENSOR: name}
-    if isinstance(obj, np.ndarray):
-        if obj.dtype.name not in _ARRAY_DTYPES:
-            raise CheckpointError(f"cannot store a numpy array of dtype {obj.dtype} in a checkpoint")
-        return {_ARRAY: obj.tolist(), "dtype": obj.dtype.name}
-    if isinstance(obj, tuple):
-        return {_TUPLE: [encode_tree(v, tensors) for v in obj]}
-    if isinstance(obj, list):
-        return [encode_tree(v, tensors) for v in obj]
-    if isinstance(obj, dict):
-        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
-            return {k: encode_tree(v, tensors) for k, v in obj.items()}
-        for k in obj:
-            if not isinstance(k, (str, int)) or isinstance(k, bool):
-                raise CheckpointError(f"cannot store a dict key of type {type(k).__name__} ({k!r}) in a checkpoint")
-        return {_DICT: [[k, encode_tree(v, tensors)] for k, v in obj.items()]}
-    raise CheckpointError(f"cannot store a {type(obj).__module__}.{type(obj).__qualname__} in a checkpoint "
-                          "(only tensors, numpy arrays, numbers, strings, None and dicts / lists / tuples of them)")
-
-
-def decode_tree(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    """The inverse of ``encode_tree``; anything that is not such a tree is a ``ValueError``."""
-    if tree is None or isinstance(tree, (bool, int, float, str)):
-        return tree
-    if isinstance(tree, list):
-        return [decode_tree(v, tensors) for v in tree]
-    if not isinstance(tree, dict):
-        raise ValueError(f"unexpected {type(tree).__name__} in a state tree")
-    if len(tree) == 1 and _TENSOR in tree:
-        name = tree[_TENSOR]
-        if not isinstance(name, str) or name not in tensors:
-            raise ValueError(f"reference to a tensor {name!r} the file does not hold")
-        return tensors[name]
-    if len(tree) == 1 and _TUPLE in tree and isinstance(tree[_TUPLE], list):
-        return tuple(decode_tree(v, tensors) for v in tree[_TUPLE])
-    if len(tree) == 1 and _FLOAT in tree:
-        if tree[_FLOAT] not in ("nan", "inf", "-inf"):
-            raise ValueError(f"bad non-finite float {tree[_FLOAT]!r}")
-        return float(tree[_FLOAT])
-    if set(tree) == {_ARRAY, "dtype"}:
-        if tree["dtype"] not in _ARRAY_DTYPES or not isinstance(tree[_ARRAY], list):
-            raise ValueError(f"bad numpy array (dtype {tree['dtype']!r})")
-        return np.asarray(tree[_ARRAY], dtype=tree["dtype"])
-    if len(tree) == 1 and _DICT in tree and isinstance(tree[_DICT], list):
-        out = {}
-        for pair in tree[_DICT]:
-            if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], (str, int))):
-                raise ValueError("bad dict entry in a state tree")
-            out[pair[0]] = decode_tree(pair[1], tensors)
-        return out
-    if any(k.startswith("__") for k in tree):
-        raise ValueError(f"unknown marker in a state tree: {sorted(tree)[:3]}")
-    return {k: decode_tree(v, tensors) for k, v in tree.items()}
-
-
-def save_state_file(obj: Any, path: str | Path) -> None:
-    """Write ``obj`` (see ``encode_tree``) as one safetensors file: its tensors, and the rest of it as
-    JSON in the file's metadata. No pickle is involved in writing or reading it."""
-    from safetensors.torch import save_file
-    tensors: dict[str, torch.Tensor] = {}
-    tree = encode_tree(obj, tensors)
-    seen: set[int] = set()
-    for name, t in tensors.items():  # safetensors refuses tensors that share memory: copy the repeats
-        ptr = t.untyped_storage().data_ptr()
-        if t.numel() == 0 or ptr in seen:
-            tensors[name] = t.clone()
-        else:
-            seen.add(ptr)
-    save_file(tensors, str(path), metadata={_TREE_KEY: json.dumps(tree, allow_nan=False)})
-
-
-def load_state_file(path: str | Path) -> Any:
-    """Read a file written by ``save_state_file`` (``ValueError`` / safetensors errors when it is not one)."""
-    from safetensors import safe_open
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        metadata = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if _TREE_KEY not in metadata:
-        raise ValueError(f"not an agentgym state file (no {_TREE_KEY!r} metadata)")
-    return decode_tree(json.loads(metadata[_TREE_KEY]), tensors)
-
-
-def _legacy_globals() -> list[Any]:
-    """What ``torch.load(weights_only=True)`` may build from an older checkpoint's ``*.pt`` files
-    besides torch's own safe types: the numpy array of the numpy RNG state, nothing else."""
+    root = _checkpoints_folder(run_dir, step)
+    clean_stray_temp(run_dir)
+    final = root / f"step-{step}"
+    model = engine.unwrapped
+    state = dict(state) if state is not None else engine.state_dict()
+    if check_finite:
+        assert_finite(weights if weights is not None else model, f"refusing to save checkpoint step-{step}: the model weights")
+        assert_finite(state, f"refusing to save checkpoint step-{step}: the learner state")
+    previous = next((p for p in list_checkpoints(run_dir) if (p / "state.json").is_file()), None)
+    tmp = root / f"{_TMP_PREFIX}{step}-{os.getpid()}-{time.monotonic_ns()}"
     try:
-        from numpy._core.multiarray import _reconstruct  # numpy >= 2
-    except ImportError:
-        from numpy.core.multiarray import _reconstruct
-    allowed: list[Any] = [_reconstruct, np.ndarray, np.dtype]
-    allowed += [type(np.dtype(name)) for name in _ARRAY_DTYPES]
-    return allowed
-
-
-def load_legacy_file(path: str | Path) -> Any:
-    """A ``*.pt`` state file of an older agentgym, read with ``torch.load(weights_only=True)`` (torch's
-    restricted unpickler) and ``_legacy_globals``: a file that needs anything else is refused, unread."""
-    with torch.serialization.safe_globals(_legacy_globals()):
         try:
-            return torch.load(path, weights_only=True, map_location="cpu")
-        except Exception as exc:  # noqa: BLE001 - torch's message is many lines: keep what it refused
-            text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-            found = re.search(r"Unsupported (global|operand)[^.\n]*", text)
-            what = found.group(0) if found else (text.strip().splitlines() or [type(exc).__name__])[0]
-            raise CheckpointError(f"{path}: written by an older agentgym (pickle format) and not loadable safely "
-                                  f"({what[:200]}); nothing in it was executed. Resume from a checkpoint written by "
-                                  f"this version, or start the run over") from None
+            tmp.mkdir()
+            _write_files(tmp, model, weights, state)
+            _write_manifest_and_state(tmp, {"step": step, "config_hash": config_hash, "time": time.time(), **(extra or {})})
+            crash_point("checkpoint", step)  # every file written, not yet renamed into place
+        except Exception as exc:
+            # torch.save reports a full disk as "unexpected pos ..." / "file write failed" without an
+            # errno: the free space at the moment of the failure tells (before the folder is removed).
+            full = _is_disk_full(exc) or _free_bytes(root) < _NEARLY_FULL
+            shutil.rmtree(tmp, ignore_errors=True)
+            still = f"; {previous.name} is still the latest checkpoint" if previous else "; there is no earlier checkpoint"
+            if full:
+                free = _free_bytes(root)
+                raise CheckpointError(f"saving checkpoint step-{step} failed: no space left on the device of {root} "
+                                      f"({free} bytes free; {type(exc).__name__}: {exc}); nothing was left half-written{still}") from exc
+            raise CheckpointError(f"saving checkpoint step-{step} to {root} failed: {type(exc).__name__}: {exc}; "
+                                  f"nothing was left half-written{still}") from exc
+        _rename_into_place(root, tmp, final, step)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    _prune(run_dir, final, keep)
+    return final
 
 
-# ------------------------------------------------------------------------------------------ helpers
-def _step_of(path: Path) -> int | None:
-    name = path.name
-    if not name.startswith("step-"):
-        return None
-    tail = name[len("step-"):]
-    return int(tail) if tail.isdigit() else None
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """The ``checkpoints/step-K`` folders of a run, newest first (complete or not, verified or not)."""
+def _checkpoints_folder(run_dir: str | Path, step: int) -> Path:
+    """``RUN_DIR/checkpoints``, created (and its parent fsynced) if missing; never through a link."""
     root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [(s, p) for p in root.iterdir()
-             if not p.is_symlink() and p.is_dir() and (s := _step_of(p)) is not None]
-    return [p for _, p in sorted(found, key=lambda sp: sp[0], reverse=True)]
+    if root.is_symlink():
+        raise CheckpointError(f"saving checkpoint step-{step}: {root} is a symbolic link (to {os.readlink(root)!r}); "
+                              "refusing to write (and prune old checkpoints) through it")
+    created = not root.is_dir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if created:
+            _fsync_path(root.parent)
+    except OSError as exc:
+        raise CheckpointError(f"saving checkpoint step-{step}: cannot create {root} ({exc})") from exc
+    return root
 
 
-def clean_stray_temp(run_dir: str | Path) -> list[Path]:
-    """Remove ``checkpoints/.step-*`` folders left by saves that were killed; returns what was removed.
+def _write_files(tmp: Path, model: Any, weights: dict[str, torch.Tensor] | None, state: dict[str, Any]) -> None:
+    """The model (or the gathered ``weights``) and the state files; ``state`` loses its optimizer and teacher."""
+    if weights is not None:
+        model.save_pretrained(tmp / "model", state_dict=weights)
+    else:
+        model.save_pretrained(tmp / "model")
+    save_state_file(state.pop("optimizer"), tmp / "optimizer.safetensors")
+    save_state_file(state.pop("teacher"), tmp / "teacher.safetensors")
+    save_state_file(state, tmp / "schedule.safetensors")
+    save_state_file(rng_state(), tmp / "rng.safetensors")
 
-    Only call it where no other process may be saving into the same run (``save_checkpoint`` does,
-    before it writes); a reader such as ``agentgym eval RUN_DIR`` must not.
-    """
+
+def _write_manifest_and_state(tmp: Path, record: dict[str, Any]) -> None:
+    """Fsync every file, then write the manifest of their sha256 / sizes and ``state.json`` (``record``
+    + the manifest's sha256 + a checksum), and fsync every folder."""
+    files: dict[str, dict[str, Any]] = {}
+    dirs = [tmp]
+    for p in sorted(tmp.rglob("*")):
+        if p.is_dir():
+            dirs.append(p)
+            continue
+        _fsync_path(p)
+        digest, size = _sha256(p)
+        files[p.relative_to(tmp).as_posix()] = {"sha256": digest, "size": size}
+    manifest = json.dumps({"version": MANIFEST_VERSION, "files": files}, indent=1, sort_keys=True)
+    _write_synced(tmp / "manifest.json", manifest)
+    record = {**record, "manifest_sha256": hashlib.sha256(manifest.encode()).hexdigest()}
+    record["checksum"] = _state_checksum(record)
+    _write_synced(tmp / "state.json", json.dumps(record, indent=2, default=str))
+    for d in reversed(dirs):
+        _fsync_path(d)
+
+
+def _rename_into_place(root: Path, tmp: Path, final: Path, step: int) -> None:
+    if final.exists():
+        # Re-saving a step (a resume from an earlier checkpoint): move the old folder out of the way
+        # under a temporary name (removed below, or by the next save if we are killed in between).
+        aside = root / f"{_TMP_PREFIX}{step}-replaced-{os.getpid()}-{time.monotonic_ns()}"
+        os.rename(final, aside)
+        os.rename(tmp, final)
+        _fsync_path(root)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+        _fsync_path(root)
+
+
+def _prune(run_dir: str | Path, final: Path, keep: int) -> None:
+    step = _step_of(final)
     root = Path(run_dir) / "checkpoints"
-    removed = []
-    if root.is_dir() and not root.is_symlink():  # never remove anything in a folder a link points to
-        for p in root.iterdir():
-            if p.name.startswith(_TMP_PREFIX):
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.unlink(missing_ok=True)
-                removed.append(p)
-    return removed
+    kept, doomed = 0, []
+    for p in list_checkpoints(run_dir):
+        if _step_of(p) > step:  # an abandoned timeline's checkpoint: it must never become "latest" again
+            doomed.append(p)
+        elif kept < max(keep, 1) and (p / "state.json").is_file():
+            kept += 1
+        else:
+            doomed.append(p)
+    # Renamed away first, so that a kill during the removal leaves a stray temporary folder (removed
+    # by the next save), never a half-deleted step-K.
+    for p in doomed:
+        aside = root / f"{_TMP_PREFIX}{_step_of(p)}-pruned-{os.getpid()}-{time.monotonic_ns()}"
+        try:
+            os.rename(p, aside)
+        except OSError:
+            continue
+        shutil.rmtree(aside, ignore_errors=True)
+    if doomed:
+        _fsync_path(root)
+
 
 
 def _fsync_path(path: Path) -> None:
@@ -286,20 +262,6 @@ def _fsync_path(path: Path) -> None:
     finally:
         os.close(fd)
 
-
-def _sha256(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
-
-
-def _state_checksum(state: dict[str, Any]) -> str:
-    body = {k: v for k, v in state.items() if k != "checksum"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _write_synced(path: Path, text: str) -> None:
@@ -333,336 +295,6 @@ def _free_bytes(folder: Path) -> int:
         return 1 << 62
 
 
-def _tensors(obj: Any, prefix: str = "") -> Iterable[tuple[str, torch.Tensor]]:
-    """Every tensor inside nested dicts / lists / tuples, with a dotted path naming it."""
-    if isinstance(obj, torch.Tensor):
-        yield prefix or "<tensor>", obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _tensors(v, f"{prefix}.{k}" if prefix else str(k))
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from _tensors(v, f"{prefix}[{i}]")
-
-
-def _first_non_finite(obj: Any) -> tuple[str, str] | None:
-    for name, t in _tensors(obj):
-        if (t.is_floating_point() or t.is_complex()) and t.numel() and not bool(torch.isfinite(t).all()):
-            bad = t.detach()
-            nan, inf = int(torch.isnan(bad).sum()), int(torch.isinf(bad).sum())
-            return name, f"{nan} NaN and {inf} infinite of {t.numel()} values"
-    return None  # non-tensor floats (the optimizer's hyper-parameters) are left alone on purpose
-
-
-def assert_finite(obj: Any, what: str) -> None:
-    """Raise ``NonFiniteCheckpointError`` if ``obj`` (a module, a state dict, nested containers of
-    tensors) holds a NaN or an infinity; ``what`` names it in the message."""
-    if isinstance(obj, torch.nn.Module):
-        # The trainable parameters (what a LoRA checkpoint holds; all of them for a full fine-tune).
-        trainable = {n: p for n, p in obj.named_parameters() if p.requires_grad}
-        obj = trainable or dict(obj.state_dict())
-    bad = _first_non_finite(obj)
-    if bad is not None:
-        raise NonFiniteCheckpointError(f"{what}: non-finite values in {bad[0]} ({bad[1]})")
-
-
-# ------------------------------------------------------------------------------------------ save
-def gather_for_save(model: Any, learner: Any, *, keep: bool = True) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
-    """(whole weights to save, or None when ``model`` is not sharded and saves itself; the learner's
-    state with every tensor whole). A collective under sharding: every process calls it, one tensor
-    at a time; ``keep=False`` on the processes that do not write (they hold no whole copy: their
-    tensors come back empty)."""
-    from agentgym.sharding import full, is_sharded, kept_here
-    weights = None
-    with kept_here(keep):
-        if is_sharded(model):
-            adapter = hasattr(model, "peft_config")
-            keys = set(model.state_dict().keys())
-            weights = {n: full(p, p) for n, p in model.named_parameters() if p.requires_grad or not adapter}
-            if not adapter:
-                weights.update({n: b.detach().cpu() for n, b in model.named_buffers() if n in keys})
-        return weights, learner.state_dict()
-
-
-def save_checkpoint(run_dir: str | Path, step: int, model: Any, learner: Any, *, config_hash: str,
-                    extra: dict[str, Any] | None = None, keep: int = 2, check_finite: bool = True,
-                    weights: dict[str, torch.Tensor] | None = None, state: dict[str, Any] | None = None) -> Path:
-    """Write ``checkpoints/step-{step}`` crash-consistently and prune; returns the new folder.
-
-    Removes stray ``.step-*`` temporary folders first. With ``check_finite`` (the default) weights or
-    learner state holding NaN / inf are refused (``NonFiniteCheckpointError``) before anything is
-    written, so the previous checkpoint stays the latest. Any failure while writing (``ENOSPC``, an
-    I/O error, a serialisation error) removes the temporary folder and raises ``CheckpointError``;
-    the previous checkpoint stays the latest. After the rename, the ``keep`` newest complete
-    checkpoints are kept, older ones are removed, and so are checkpoints of a *later* step than
-    ``step`` (left by an abandoned timeline: a run restarted from an earlier checkpoint).
-
-    ``weights`` / ``state``: what ``gather_for_save`` returned (a sharded model: only the main process
-    calls this, with the gathered tensors); by default the model saves itself and the learner's
-    ``state_dict()`` is taken here.
-    """
-    root = Path(run_dir) / "checkpoints"
-    if root.is_symlink():
-        raise CheckpointError(f"saving checkpoint step-{step}: {root} is a symbolic link (to {os.readlink(root)!r}); "
-                              "refusing to write (and prune old checkpoints) through it")
-    created = not root.is_dir()
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        if created:
-            _fsync_path(root.parent)
-    except OSError as exc:
-        raise CheckpointError(f"saving checkpoint step-{step}: cannot create {root} ({exc})") from exc
-    clean_stray_temp(run_dir)
-    final = root / f"step-{step}"
-    state = dict(state) if state is not None else learner.state_dict()
-    if check_finite:
-        assert_finite(weights if weights is not None else model, f"refusing to save checkpoint step-{step}: the model weights")
-        assert_finite(state, f"refusing to save checkpoint step-{step}: the learner state")
-    previous = next((p for p in list_checkpoints(run_dir) if (p / "state.json").is_file()), None)
-    tmp = root / f"{_TMP_PREFIX}{step}-{os.getpid()}-{time.monotonic_ns()}"
-    try:
-        try:
-            tmp.mkdir()
-            if weights is not None:
-                model.save_pretrained(tmp / "model", state_dict=weights)
-            else:
-                model.save_pretrained(tmp / "model")
-            save_state_file(state.pop("optimizer"), tmp / "optimizer.safetensors")
-            save_state_file(state.pop("teacher"), tmp / "teacher.safetensors")
-            save_state_file(state, tmp / "schedule.safetensors")
-            save_state_file(rng_state(), tmp / "rng.safetensors")
-            files: dict[str, dict[str, Any]] = {}
-            dirs = [tmp]
-            for p in sorted(tmp.rglob("*")):
-                if p.is_dir():
-                    dirs.append(p)
-                    continue
-                _fsync_path(p)
-                digest, size = _sha256(p)
-                files[p.relative_to(tmp).as_posix()] = {"sha256": digest, "size": size}
-            manifest = json.dumps({"version": MANIFEST_VERSION, "files": files}, indent=1, sort_keys=True)
-            _write_synced(tmp / "manifest.json", manifest)
-            record = {"step": step, "config_hash": config_hash, "time": time.time(), **(extra or {}),
-                      "manifest_sha256": hashlib.sha256(manifest.encode()).hexdigest()}
-            record["checksum"] = _state_checksum(record)
-            _write_synced(tmp / "state.json", json.dumps(record, indent=2, default=str))
-            for d in reversed(dirs):
-                _fsync_path(d)
-            crash_point("checkpoint", step)  # every file written, not yet renamed into place
-        except Exception as exc:
-            # torch.save reports a full disk as "unexpected pos ..." / "file write failed" without an
-            # errno: the free space at the moment of the failure tells (before the folder is removed).
-            full = _is_disk_full(exc) or _free_bytes(root) < _NEARLY_FULL
-            shutil.rmtree(tmp, ignore_errors=True)
-            still = f"; {previous.name} is still the latest checkpoint" if previous else "; there is no earlier checkpoint"
-            if full:
-                free = _free_bytes(root)
-                raise CheckpointError(f"saving checkpoint step-{step} failed: no space left on the device of {root} "
-                                      f"({free} bytes free; {type(exc).__name__}: {exc}); nothing was left half-written{still}") from exc
-            raise CheckpointError(f"saving checkpoint step-{step} to {root} failed: {type(exc).__name__}: {exc}; "
-                                  f"nothing was left half-written{still}") from exc
-        if final.exists():
-            # Re-saving a step (a resume from an earlier checkpoint): move the old folder out of the way
-            # under a temporary name (removed below, or by the next save if we are killed in between).
-            aside = root / f"{_TMP_PREFIX}{step}-replaced-{os.getpid()}-{time.monotonic_ns()}"
-            os.rename(final, aside)
-            os.rename(tmp, final)
-            _fsync_path(root)
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
-            _fsync_path(root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    _prune(run_dir, final, keep)
-    return final
-
-
-def _prune(run_dir: str | Path, final: Path, keep: int) -> None:
-    step = _step_of(final)
-    root = Path(run_dir) / "checkpoints"
-    kept, doomed = 0, []
-    for p in list_checkpoints(run_dir):
-        if _step_of(p) > step:  # an abandoned timeline's checkpoint: it must never become "latest" again
-            doomed.append(p)
-        elif kept < max(keep, 1) and (p / "state.json").is_file():
-            kept += 1
-        else:
-            doomed.append(p)
-    # Renamed away first, so that a kill during the removal leaves a stray temporary folder (removed
-    # by the next save), never a half-deleted step-K.
-    for p in doomed:
-        aside = root / f"{_TMP_PREFIX}{_step_of(p)}-pruned-{os.getpid()}-{time.monotonic_ns()}"
-        try:
-            os.rename(p, aside)
-        except OSError:
-            continue
-        shutil.rmtree(aside, ignore_errors=True)
-    if doomed:
-        _fsync_path(root)
-
-
-# ------------------------------------------------------------------------------------------ verify / find
-class _FileEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    sha256: str = Field(pattern="^[0-9a-f]{64}$")
-    size: int = Field(ge=0)
-
-
-class _Manifest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    version: Literal[1, 2]
-    files: dict[str, _FileEntry] = Field(min_length=1)
-
-
-class _State(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-    step: int = Field(ge=0)
-    config_hash: str | None = None
-    manifest_sha256: str = Field(pattern="^[0-9a-f]{64}$")
-    checksum: str
-
-
-_MAX_JSON_BYTES = 16 << 20  # state.json / manifest.json of any real checkpoint are a few KB
-_NAME = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
-
-
-def _schema_error(path: Path, name: str, exc: ValidationError) -> CheckpointError:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return CheckpointError(f"{path}/{name} does not match its schema: {where}: {err['msg']} "
-                           f"(got {str(err.get('input'))[:80]!r}){more}")
-
-
-def _read_json_file(path: Path, name: str) -> tuple[bytes, Any]:
-    from agentgym.safeio import read_regular
-    try:
-        raw = read_regular(path / name, _MAX_JSON_BYTES, name)
-        return raw, json.loads(raw)
-    except OSError as exc:
-        raise CheckpointError(f"{path}: {name} is missing or unreadable ({exc.strerror or exc})") from None
-    except (ValueError, RecursionError) as exc:
-        raise CheckpointError(f"{path}/{name}: unreadable ({type(exc).__name__}: {str(exc)[:200]})") from None
-
-
-def _inside(path: Path, rel: Any) -> Path:
-    """``path / rel`` for a manifest name that stays inside the checkpoint folder and is a regular file
-    (not a link); ``CheckpointError`` otherwise."""
-    parts = rel.split("/") if isinstance(rel, str) else []
-    if not _NAME.match(rel if isinstance(rel, str) else "") or any(p in (".", "..") for p in parts):
-        raise CheckpointError(f"{path}/manifest.json names {str(rel)[:120]!r}, which is not a file name inside "
-                              "the checkpoint folder")
-    f = path
-    for part in parts:
-        f = f / part
-        if f.is_symlink():
-            raise CheckpointError(f"{path}: {rel} is (inside) a symbolic link; a checkpoint's files are never "
-                                  "read through links")
-    if not f.is_file():
-        raise CheckpointError(f"{path}: {rel} is missing")
-    return f
-
-
-def verify_checkpoint(path: str | Path, *, deep: bool = True) -> dict[str, Any]:
-    """Check a checkpoint folder; return its ``state.json`` or raise ``CheckpointError`` saying what
-    is wrong (one line). ``deep`` (default) hashes every file; ``deep=False`` only checks presence and
-    sizes. ``state.json`` and ``manifest.json`` must match their schemas, every name in the manifest
-    must be a regular file inside the folder (no absolute names, ``..`` or links), and the manifest
-    must list the files ``load_checkpoint`` reads.
-
-    A checkpoint written before manifests existed (no ``manifest_sha256`` in ``state.json``) passes
-    with a ``CheckpointWarning`` that it could not be verified.
-    """
-    path = Path(path)
-    if not (path / "state.json").is_file():
-        raise CheckpointError(f"{path}: incomplete (no state.json)")
-    _, state = _read_json_file(path, "state.json")
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}/state.json: unreadable (not a JSON object)")
-    if _step_of(path) is not None and state.get("step") != _step_of(path):
-        raise CheckpointError(f"{path}/state.json: step {str(state.get('step'))[:40]!r} does not match the folder name")
-    if "manifest_sha256" not in state:
-        warnings.warn(f"{path}: written without a manifest (an older agentgym): its files cannot be verified",
-                      CheckpointWarning, stacklevel=2)
-        return state
-    try:
-        _State.model_validate(state)
-    except ValidationError as exc:
-        raise _schema_error(path, "state.json", exc) from None
-    if state.get("checksum") != _state_checksum(state):
-        raise CheckpointError(f"{path}/state.json: checksum mismatch (the file was altered)")
-    raw, manifest_data = _read_json_file(path, "manifest.json")
-    if hashlib.sha256(raw).hexdigest() != state["manifest_sha256"]:
-        raise CheckpointError(f"{path}/manifest.json: sha256 mismatch (the manifest was altered or truncated)")
-    try:
-        manifest = _Manifest.model_validate(manifest_data)
-    except ValidationError as exc:
-        raise _schema_error(path, "manifest.json", exc) from None
-    ext = ".pt" if manifest.version == 1 else ".safetensors"
-    needed = [f"{part}{ext}" for part in STATE_PARTS]
-    missing = [n for n in needed if n not in manifest.files]
-    if not any(n.startswith("model/") and n.endswith(".safetensors") for n in manifest.files):
-        missing.append("model/*.safetensors")
-    if missing:
-        raise CheckpointError(f"{path}/manifest.json does not list {', '.join(missing)}")
-    for rel, meta in manifest.files.items():
-        f = _inside(path, rel)
-        size = f.stat().st_size
-        if size != meta.size:
-            raise CheckpointError(f"{path}: {rel} has {size} bytes, the manifest says {meta.size} "
-                                  f"({'emptied' if size == 0 else 'truncated' if size < meta.size else 'grown'})")
-        if deep:
-            digest, _ = _sha256(f)
-            if digest != meta.sha256:
-                raise CheckpointError(f"{path}: {rel} sha256 mismatch (its bytes were altered)")
-    return state
-
-
-def latest_intact_checkpoint(run_dir: str | Path, *, deep: bool = True) -> Path | None:
-    """The newest checkpoint that verifies (``verify_checkpoint``), or None when the run has none.
-
-    A newer damaged checkpoint is skipped with a ``CheckpointWarning`` naming it and what is wrong
-    (an incomplete folder without ``state.json`` is skipped silently: it is not a checkpoint yet).
-    When checkpoints exist but none verifies, raises ``CheckpointError`` listing each one's damage
-    rather than letting a run silently start over. Stray ``.step-*`` temporary folders are ignored
-    (not removed: see ``clean_stray_temp``).
-    """
-    found = _newest_usable(run_dir, lambda p: verify_checkpoint(p, deep=deep), "using")
-    return found[0] if found is not None else None
-
-
-def _newest_usable(run_dir: str | Path, use: Any, verb: str) -> tuple[Path, Any] | None:
-    """``(checkpoint, use(checkpoint))`` for the newest complete checkpoint ``use`` accepts, past
-    damaged ones (``CheckpointError``: warned about); None when the run has no checkpoint. Any other
-    error of ``use`` (non-finite weights, another configuration) is raised: an older checkpoint of
-    the same run would not be a fix for it."""
-    problems = []
-    for p in list_checkpoints(run_dir):
-        if not (p / "state.json").exists():
-            continue  # incomplete: not a checkpoint yet
-        try:
-            result = use(p)
-        except NonFiniteCheckpointError:
-            raise
-        except CheckpointError as exc:
-            problems.append(str(exc))
-            continue
-        if problems:
-            warnings.warn(f"skipped damaged checkpoint(s): {'; '.join(problems)}; {verb} {p.name}",
-                          CheckpointWarning, stacklevel=3)
-        return p, result
-    if problems:
-        raise CheckpointError(f"no intact checkpoint in {Path(run_dir) / 'checkpoints'}: {'; '.join(problems)}")
-    return None
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """Backwards-compatible name of ``latest_intact_checkpoint`` (verifies; falls back with a warning)."""
-    return latest_intact_checkpoint(run_dir)
-
-
 # ------------------------------------------------------------------------------------------ load
 def _read(path: Path, what: str, reader) -> Any:
     try:
@@ -683,9 +315,9 @@ def _read_part(path: Path, part: str, what: str) -> Any:
     return _read(_inside(path, old.name), what, load_legacy_file)
 
 
-def load_checkpoint(path: str | Path, model: Any, learner: Any, *, config_hash: str | None = None,
+def load_checkpoint(path: str | Path, engine: Checkpointable, *, config_hash: str | None = None,
                     verify: bool = True) -> dict[str, Any]:
-    """Restore model weights, learner state and RNG states from ``path``; returns ``state.json``.
+    """Restore ``engine``'s model weights and state and the RNG states from ``path``; returns ``state.json``.
 
     Raises ``ValueError`` (as before) when ``config_hash`` differs from the checkpoint's,
     ``CheckpointError`` when the checkpoint is damaged (manifest mismatch, unreadable file, weights
@@ -716,12 +348,12 @@ def load_checkpoint(path: str | Path, model: Any, learner: Any, *, config_hash: 
         set_rng_state(before)
         raise CheckpointError(f"{path}: the RNG states are malformed ({type(exc).__name__}: {str(exc)[:200]})") from None
     set_rng_state(before)
+    model = engine.unwrapped
     try:
-        from agentgym.sharding import is_sharded
         if is_sharded(model):
             _load_sharded(model, weights, path)
         elif hasattr(model, "peft_config"):
-            from peft import set_peft_model_state_dict
+            from peft import set_peft_model_state_dict  # peft only for an adapter (a plain model's resume never imports it)
             result = set_peft_model_state_dict(model, weights)
             unexpected = getattr(result, "unexpected_keys", [])
             if unexpected:
@@ -730,7 +362,7 @@ def load_checkpoint(path: str | Path, model: Any, learner: Any, *, config_hash: 
             missing, unexpected = model.load_state_dict(weights, strict=False)
             if unexpected:
                 raise CheckpointError(f"model checkpoint {path} does not fit the model: unexpected {unexpected[:5]}")
-        learner.load_state_dict(learner_state)
+        engine.load_state_dict(learner_state)
     except CheckpointError:
         raise
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
@@ -740,7 +372,7 @@ def load_checkpoint(path: str | Path, model: Any, learner: Any, *, config_hash: 
     return state
 
 
-def resume_checkpoint(run_dir: str | Path, model: Any, learner: Any, *,
+def resume_checkpoint(run_dir: str | Path, engine: Checkpointable, *,
                       config_hash: str | None = None) -> tuple[Path, dict[str, Any]] | None:
     """Load the newest checkpoint that verifies *and* loads; None when the run has no checkpoint.
 
@@ -749,14 +381,13 @@ def resume_checkpoint(run_dir: str | Path, model: Any, learner: Any, *,
     (``NonFiniteCheckpointError``): both are refused, since an older checkpoint of the same run
     would not be a fix for either.
     """
-    return _newest_usable(run_dir, lambda p: load_checkpoint(p, model, learner, config_hash=config_hash),
+    return _newest_usable(run_dir, lambda p: load_checkpoint(p, engine, config_hash=config_hash),
                           "resumed from")
 
 
 def _load_sharded(model: Any, weights: dict[str, torch.Tensor], path: Path) -> None:
     """Whole saved weights into a sharded model: each process keeps its shard of each tensor. Keys
     are the saved names (peft's adapter names drop the adapter, as ``save_pretrained`` writes them)."""
-    from agentgym.sharding import load_full, local_data
     if hasattr(model, "peft_config"):
         adapters = list(model.peft_config)
         targets = {}
@@ -780,12 +411,10 @@ def _load_sharded(model: Any, weights: dict[str, torch.Tensor], path: Path) -> N
         else:
             with torch.no_grad():
                 buffers[k].copy_(v)
-    from agentgym.sharding import reshard
     reshard(model)
 
 
 def _load_weights(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
     files = sorted(f for f in folder.glob("*.safetensors") if not f.is_symlink())
     if folder.is_symlink():
         raise CheckpointError(f"{folder} is a symbolic link; a checkpoint's files are never read through links")

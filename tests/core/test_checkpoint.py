@@ -69,7 +69,7 @@ def other(tiny_model_path, tiny_tokenizer):
 
 
 def _save(run, step, learner, **kw):
-    return save_checkpoint(run, step, learner.unwrapped, learner, config_hash="h", **kw)
+    return save_checkpoint(run, step, learner.engine, config_hash="h", **kw)
 
 
 def _two_checkpoints(run, learner):
@@ -102,7 +102,7 @@ def test_save_writes_a_verified_manifest_and_load_restores_everything(tmp_path, 
     torch.manual_seed(7)
     _save(tmp_path, 2, learner)  # the RNG state saved is the one right after manual_seed(7)
     torch.manual_seed(99)
-    state = load_checkpoint(tmp_path / "checkpoints" / "step-2", other.unwrapped, other, config_hash="h")
+    state = load_checkpoint(tmp_path / "checkpoints" / "step-2", other.engine, config_hash="h")
     assert state["step"] == 2 and torch.equal(torch.rand(3), expected_rand)
     a, b = _trainable(learner), _trainable(other)
     assert all(torch.equal(a[n], b[n]) for n in a)
@@ -112,7 +112,7 @@ def test_save_writes_a_verified_manifest_and_load_restores_everything(tmp_path, 
     sa, sb = learner.optimizer.state_dict()["state"], other.optimizer.state_dict()["state"]
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k]["exp_avg"], sb[k]["exp_avg"]) for k in sa)
     with pytest.raises(ValueError, match="different configuration"):
-        load_checkpoint(tmp_path / "checkpoints" / "step-2", other.unwrapped, other, config_hash="other")
+        load_checkpoint(tmp_path / "checkpoints" / "step-2", other.engine, config_hash="other")
 
 
 def test_prune_keeps_the_newest_and_resaving_a_step_drops_the_abandoned_later_ones(tmp_path, learner):
@@ -140,12 +140,12 @@ def test_a_truncated_or_emptied_file_falls_back_to_the_previous_checkpoint(tmp_p
         assert latest_intact_checkpoint(tmp_path).name == "step-1"
     # Loading the damaged one anyway is a CheckpointError, also without the manifest check.
     with pytest.raises(CheckpointError, match="step-2"):
-        load_checkpoint(f.parent if rel != ADAPTER else f.parent.parent, other.unwrapped, other)
+        load_checkpoint(f.parent if rel != ADAPTER else f.parent.parent, other.engine)
     if rel != "manifest.json":
         with pytest.raises(CheckpointError, match=Path(rel).name.split(".")[0]):
-            load_checkpoint(tmp_path / "checkpoints" / "step-2", other.unwrapped, other, verify=False)
+            load_checkpoint(tmp_path / "checkpoints" / "step-2", other.engine, verify=False)
     with pytest.warns(CheckpointWarning, match="resumed from step-1"):
-        path, state = resume_checkpoint(tmp_path, other.unwrapped, other, config_hash="h")
+        path, state = resume_checkpoint(tmp_path, other.engine, config_hash="h")
     assert path.name == "step-1" and state["step"] == 1
     got = _trainable(other)
     assert all(torch.equal(got[n], w1[n]) for n in w1)
@@ -174,15 +174,15 @@ def test_flipped_bytes_in_the_adapter_are_caught_by_the_manifest_and_never_loade
     with pytest.warns(CheckpointWarning, match=r"step-2.*adapter_model.safetensors sha256 mismatch.*using step-1"):
         assert latest_intact_checkpoint(tmp_path).name == "step-1"
     with pytest.raises(CheckpointError, match="sha256 mismatch"):
-        load_checkpoint(f.parent.parent, other.unwrapped, other)
+        load_checkpoint(f.parent.parent, other.engine)
     # Without the manifest, the finiteness check still refuses it, before touching the model.
     before = _trainable(other)
     with pytest.raises(NonFiniteCheckpointError, match="refusing to resume.*NaN"):
-        load_checkpoint(f.parent.parent, other.unwrapped, other, verify=False)
+        load_checkpoint(f.parent.parent, other.engine, verify=False)
     after = _trainable(other)
     assert all(torch.equal(before[n], after[n]) for n in before)
     with pytest.warns(CheckpointWarning):
-        path, _ = resume_checkpoint(tmp_path, other.unwrapped, other)
+        path, _ = resume_checkpoint(tmp_path, other.engine)
     assert path.name == "step-1" and all(torch.equal(_trainable(other)[n], w1[n]) for n in w1)
 
 
@@ -200,7 +200,7 @@ def test_non_finite_weights_are_neither_saved_nor_resumed_from(tmp_path, learner
     _save(tmp_path, 2, learner, check_finite=False)
     assert latest_intact_checkpoint(tmp_path).name == "step-2"
     with pytest.raises(NonFiniteCheckpointError, match="step-2: the model weights: non-finite values"):
-        resume_checkpoint(tmp_path, other.unwrapped, other)
+        resume_checkpoint(tmp_path, other.engine)
     # Non-finite optimizer state is refused too.
     with torch.no_grad():
         p[0, 0] = 0.0
@@ -275,7 +275,7 @@ def test_a_full_disk_is_a_clear_error_and_leaves_the_previous_checkpoint_latest(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert latest_intact_checkpoint(run).name == "step-1"
-    load_checkpoint(run / "checkpoints" / "step-1", other.unwrapped, other)
+    load_checkpoint(run / "checkpoints" / "step-1", other.engine)
     assert all(torch.equal(_trainable(other)[n], w1[n]) for n in w1)
     filler.unlink()
     assert _save(run, 2, learner).name == "step-2" and latest_intact_checkpoint(run).name == "step-2"
@@ -298,7 +298,7 @@ for line in sys.stdin:  # one forked saver per round: torch is imported once, ea
         step = start
         while True:
             learner.set(model, step)
-            ckpt.save_checkpoint(run, step, model, learner, config_hash="h", keep=2)
+            ckpt.save_checkpoint(run, step, learner, config_hash="h", keep=2)
             print("saved", step, flush=True)
             step += 1
     print("pid", pid, flush=True)
@@ -323,7 +323,10 @@ class Net(torch.nn.Module):
         save_file({"w": self.w.detach().contiguous()}, os.path.join(folder, "model.safetensors"))
 
 class Learner:
+    def __init__(self, model=None):
+        self.unwrapped = model  # the model whose weights a checkpoint saves
     def set(self, model, step):
+        self.unwrapped = model
         self.opt = torch.optim.AdamW(model.parameters())
         model.w.grad = torch.ones_like(model.w)
         self.opt.step()  # real AdamW state; the weights are then reset to their per-step values
@@ -364,8 +367,9 @@ def test_sigkill_in_the_middle_of_saves_always_leaves_an_intact_latest_checkpoin
             with warnings.catch_warnings():
                 warnings.simplefilter("error")  # a killed save never leaves a damaged step-K: only strays
                 path = latest_intact_checkpoint(run)
-            model, learner = namespace["Net"](n), namespace["Learner"]()
-            state = load_checkpoint(path, model, learner, config_hash="h")
+            model = namespace["Net"](n)
+            learner = namespace["Learner"](model)
+            state = load_checkpoint(path, learner, config_hash="h")
             step = state["step"]
             # Every save that returned is durable; one killed after its rename but before it printed counts too.
             assert last_saved <= step <= last_saved + 1

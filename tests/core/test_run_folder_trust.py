@@ -41,9 +41,10 @@ class Net(torch.nn.Module):
 
 
 class Learner:
-    """A real AdamW state, a teacher copy and an update counter."""
+    """A real AdamW state, a teacher copy and an update counter on ``model`` (a ``Checkpointable``)."""
 
     def __init__(self, model: Net):
+        self.unwrapped = model
         self.opt = torch.optim.AdamW(model.parameters(), lr=0.1, betas=(0.9, 0.99))
         model.w.grad = torch.ones_like(model.w)
         self.opt.step()
@@ -60,15 +61,15 @@ class Learner:
 def _two_checkpoints(run: Path) -> tuple[Net, Learner]:
     model = Net()
     learner = Learner(model)
-    save_checkpoint(run, 1, model, learner, config_hash="h")
+    save_checkpoint(run, 1, learner, config_hash="h")
     learner.updates = 2
-    save_checkpoint(run, 2, model, learner, config_hash="h")
+    save_checkpoint(run, 2, learner, config_hash="h")
     return model, learner
 
 
 def _resign(ckpt: Path, manifest: object, *, raw: bytes | None = None, **state_changes) -> None:
     """What a forger does: write any manifest, then recompute state.json's manifest hash and checksum."""
-    from agentgym.checkpoint import _state_checksum
+    from agentgym.checkpoint_verify import _state_checksum
     data = raw if raw is not None else json.dumps(manifest).encode()
     (ckpt / "manifest.json").write_bytes(data)
     state = json.loads((ckpt / "state.json").read_text())
@@ -135,9 +136,9 @@ def test_a_pickle_payload_in_a_resigned_checkpoint_never_runs_and_falls_back(tmp
     files["schedule.pt"] = _entry(step2 / "schedule.pt")
     _resign(step2, {"version": 1, "files": files})
     verify_checkpoint(step2)  # the forgery is self-consistent: only a safe load can stop it
-    model, other = Net(seed=5), Learner(Net(seed=5))
+    other = Learner(Net(seed=5))
     with pytest.warns(CheckpointWarning) as caught:
-        path, state = resume_checkpoint(tmp_path / "run", model, other, config_hash="h")
+        path, state = resume_checkpoint(tmp_path / "run", other, config_hash="h")
     assert path.name == "step-1" and state["step"] == 1 and not marker.exists()
     [w] = [str(w.message) for w in caught if issubclass(w.category, CheckpointWarning)]
     assert "schedule.pt" in w and "not loadable safely" in w and "nothing in it was executed" in w
@@ -145,7 +146,7 @@ def test_a_pickle_payload_in_a_resigned_checkpoint_never_runs_and_falls_back(tmp
     # (b) a pickle under a .safetensors name is not a safetensors file: refused the same way
     torch.save({"updates": 2, "x": Payload(marker)}, step2 / "schedule.safetensors")
     with pytest.raises(CheckpointError, match="cannot read the schedule state"):
-        load_checkpoint(step2, model, other, verify=False)
+        load_checkpoint(step2, other, verify=False)
     assert not marker.exists()
 
 
@@ -160,10 +161,11 @@ def test_an_old_checkpoint_without_payload_migrates_safely(tmp_path):
         files[f"{part}.pt"] = _entry(step2 / f"{part}.pt")
     _resign(step2, {"version": 1, "files": files})
     torch.manual_seed(3)
-    other_model, other = Net(seed=9), Learner(Net(seed=9))
+    other = Learner(Net(seed=9))
+    other_model = other.unwrapped
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        state = load_checkpoint(step2, other_model, other, config_hash="h")
+        state = load_checkpoint(step2, other, config_hash="h")
     assert state["step"] == 2 and other.updates == 2 and torch.equal(other_model.w, model.w)
     assert torch.equal(other.opt.state_dict()["state"][0]["exp_avg"], learner.opt.state_dict()["state"][0]["exp_avg"])
 
@@ -207,7 +209,7 @@ def test_resigned_state_json_of_the_wrong_shape_and_links_fall_back(tmp_path):
     with pytest.raises(CheckpointError, match="rng.safetensors is .*symbolic link"):
         verify_checkpoint(step2)
     with pytest.raises(CheckpointError, match="symbolic link"):
-        load_checkpoint(step2, Net(), Learner(Net()), verify=False)
+        load_checkpoint(step2, Learner(Net()), verify=False)
     with pytest.warns(CheckpointWarning, match="using step-1"):
         assert latest_intact_checkpoint(tmp_path / "run").name == "step-1"
 
@@ -220,9 +222,8 @@ def test_a_checkpoints_link_is_never_written_or_cleaned_through(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "checkpoints").symlink_to(victim)
-    model = Net()
     with pytest.raises(CheckpointError, match="is a symbolic link.*refusing"):
-        save_checkpoint(run, 3, model, Learner(model), config_hash="h")
+        save_checkpoint(run, 3, Learner(Net()), config_hash="h")
     from agentgym.checkpoint import clean_stray_temp
     assert clean_stray_temp(run) == []
     assert (victim / ".step-keep").is_dir() and (victim / "step-1" / "precious").read_text() == "data"

@@ -35,18 +35,18 @@ def main():
         run_dir = f"{out}/{case}-run"
         losses, start = [], 1
         if mode == "resume":
-            found = resume_checkpoint(run_dir, learner.unwrapped, learner, config_hash="test")
+            found = resume_checkpoint(run_dir, learner.engine, config_hash="test")
             assert found is not None and learner.updates == 1, found
             start = 2
         for k in range(start, cases.UPDATES + 1):
             metrics = learner.update(data)
             losses.append(metrics["loss"])
             if mode == "train" and k == 1 and case in cases.RESUME_CASES:
-                weights, state = gather_for_save(learner.unwrapped, learner, keep=acc.is_main_process)
+                weights, state = gather_for_save(learner.engine, keep=acc.is_main_process)
                 if not acc.is_main_process:  # took part in every gather, kept nothing
                     assert all(t.numel() == 0 for t in weights.values())
                 if acc.is_main_process:
-                    save_checkpoint(run_dir, 1, learner.unwrapped, learner, config_hash="test", weights=weights,
+                    save_checkpoint(run_dir, 1, learner.engine, config_hash="test", weights=weights,
                                     state=state)
                 acc.wait_for_everyone()
         weights = cases.trainable(learner.unwrapped)

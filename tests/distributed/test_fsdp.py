@@ -106,7 +106,7 @@ def test_sharded_run_resumes_to_the_same_next_update(case, sharded, tiny_tokeniz
     # The sharded run's checkpoint is a one-process checkpoint too: one process resumes it to the same loss.
     from agentgym.checkpoint import resume_checkpoint
     learner = cases.make(case, tiny_tokenizer)
-    found = resume_checkpoint(sharded / f"{case}-run", learner.unwrapped, learner, config_hash="test")
+    found = resume_checkpoint(sharded / f"{case}-run", learner.engine, config_hash="test")
     assert found is not None and learner.updates == 1
     loss = learner.update(cases.batch(cases.union(tiny_tokenizer)))["loss"]
     assert loss == pytest.approx(resumed["losses"][0], rel=1e-4)
