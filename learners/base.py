@@ -11,10 +11,6 @@ all-reduces in the learner's ``Engine`` (``agentgym.learners.engine``).
 The teacher context is the student context + one feedback user message (rendered by the chat
 template, appended as tokens) + the generation prompt, and the teacher scores the student's own
 action ids under it.
-
->>> from agentgym.learners.base import plan_micro_batches
->>> plan_micro_batches([10, 3, 7, 2], token_budget=12)
-[[0], [2], [1, 3]]
 """
 
 from __future__ import annotations

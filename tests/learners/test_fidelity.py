@@ -423,7 +423,8 @@ def test_aggregation_settings_are_validated_and_documented():
     assert cfg.learner.settings.loss_aggregation == "seq_mean_token_mean" and cfg.learner.settings.serl_span == "target"
 
 
-@pytest.mark.parametrize("name", ["agentgym.learners.losses", "agentgym.learners.base", "agentgym.feedback.spans"])
+@pytest.mark.parametrize("name", ["agentgym.learners.losses", "agentgym.learners.samples", "agentgym.learners.signal",
+                                  "agentgym.feedback.spans", "agentgym.checkpoint_files"])
 def test_docstring_examples(name):
     import doctest
     import importlib
