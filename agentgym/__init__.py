@@ -1,17 +1,18 @@
 """agentgym: train LLM agents on long-horizon, multi-turn benchmarks behind one Gymnasium interface."""
 
+import importlib
+
 from agentgym.env import AgentEnv, EnvReply, EnvReset
 from agentgym.registration import register_envs
 from agentgym.types import Feedback, FeedbackKind, Message, Step, Target, ToolCall, Trajectory
 
 __version__ = "0.1.0"
-_LAZY = {"Trainer": "agentgym.train", "RunConfig": "agentgym.config", "TrainingError": "agentgym.train"}
+# The training API loads on first use: `import agentgym` stays light (gymnasium's start-up hook).
+_LAZY = {"Trainer": "agentgym.trainer", "RunConfig": "agentgym.config", "TrainingError": "agentgym.failures"}
 
 
 def __getattr__(name: str):
-    # The training API loads on first use: `import agentgym` stays light (gymnasium's start-up hook).
     if name in _LAZY:
-        import importlib
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'agentgym' has no attribute {name!r}")
 

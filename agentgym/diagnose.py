@@ -25,8 +25,17 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Sequence
+
+from agentgym.config import ConfigError
+from agentgym.failures import run_command
+from agentgym.feedback.base import make_source
+from agentgym.feedback.prompts import Prompts
+from agentgym.plugins import LEARNERS, SELECTORS, SOURCES, TEACHERS
+from agentgym.presets import cli_config
+from agentgym.tasks import step_references
 
 __all__ = ["main", "diagnose", "SignalRow", "format_table"]
 
@@ -64,7 +73,6 @@ class SignalRow:
 def _selector_for(source: Any, name: str, learner_cls: Any, configured: str | None) -> tuple[Any, str]:
     """The configured selector, else the learner's, else ``dense``; a hindsight selector only for
     sources that write hindsight records."""
-    from agentgym.plugins import SELECTORS
     chosen = configured or learner_cls.default_selector or "dense"
     if chosen.startswith("hindsight") and "hindsight" not in name:
         chosen = "dense"
@@ -76,11 +84,8 @@ def diagnose(trainer: Any, sources: Sequence[str], learners: Sequence[str],
     """Roll out one training batch with ``trainer``'s (untrained) policy and measure the teacher
     signal of every wording x learner x source on it (``wordings``: name -> prompt overrides on
     top of the run's; default: the run's own)."""
-    from agentgym.feedback.prompts import Prompts
-    from agentgym.evaluation import step_references
-    from agentgym.plugins import LEARNERS
     cfg = trainer.config
-    trajs = trainer.rollout(trainer.tasks_for(0), 0, "train", cfg.env.group_size, trainer.env_kwargs("train"))
+    trajs = trainer.rollout(trainer.tasks_for(0), 0, "train", cfg.env.group_size)
     references = step_references(trajs, trainer._reference_reader, trainer.tokenizer)
     rows = []
     for wording, overrides in (wordings or {"run": {}}).items():
@@ -97,10 +102,9 @@ def diagnose(trainer: Any, sources: Sequence[str], learners: Sequence[str],
 def _measure(trainer: Any, learner: Any, trajs: Sequence[Any], references: dict, source_name: str, wording: str,
              prompts: Any) -> SignalRow:
     """The teacher signal of one source (and its selector) under one learner's teacher context."""
-    from agentgym.feedback import make_source
-    from agentgym.learners import Batch
+    # torch: loaded by the Trainer that measures; `agentgym diagnose --help` stays without it
+    from agentgym.learners.base import Batch
     from agentgym.learners.signal import teacher_signal
-    from agentgym.plugins import SOURCES, TEACHERS
     cfg, cls = trainer.config, type(learner)
     teacher = TEACHERS.get(cfg.feedback.teacher.name)(cfg.feedback.teacher.settings, trainer.policy, learner) \
         if any(SOURCES.get(n).needs_policy for n in source_name.split("+")) else None
@@ -149,68 +153,71 @@ def _split(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
     return value, rest
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``agentgym diagnose [--sources a,b] [--learners x,y] [--json] [agentgym train settings ...]``."""
-    from agentgym.config import ConfigError
-    from agentgym.feedback.prompts import Prompts
-    from agentgym.plugins import LEARNERS, SOURCES, UnknownPluginError
-    from agentgym.train import Trainer, TrainingError, cli_config
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(main.__doc__ + "\n\n" + __doc__)
-        return 0
+def _wordings(text: str | None) -> dict[str, dict[str, str]] | None:
+    """``--wordings`` JSON: name -> prompt overrides, each checked."""
+    if text is None:
+        return None
+    try:
+        wordings = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"--wordings: not JSON ({exc}); give {{name: {{prompt: template}}}}") from None
+    if not isinstance(wordings, dict) or not all(isinstance(v, dict) for v in wordings.values()):
+        raise ConfigError(f"--wordings: give {{name: {{prompt: template}}}}, got {text!r}")
+    for name, overrides in wordings.items():
+        try:
+            Prompts.from_overrides(overrides)
+        except ValueError as exc:
+            raise ConfigError(f"--wordings {name}: {exc}") from None
+    return wordings
+
+
+def _print(rows: Sequence[SignalRow], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+        return
+    print(format_table(rows))
+    bad = [r for r in rows if r.gain is not None and r.gain <= 0]
+    if bad:
+        print(f"\n{len(bad)} of {len(rows)} source x learner pairs have teacher_gain <= 0: distilling from them "
+              "moves the model away from the reference (see README, 'Does the teacher know better?').")
+    if not any(r.scored for r in rows):
+        print("\nno targeted step had a reference action (the env declares none, or nothing was targeted): "
+              "teacher_gain is not measurable here")
+
+
+def _run(argv: list[str]) -> int:
     as_json = "--json" in argv
     argv = [a for a in argv if a != "--json"]
     sources, argv = _split(argv, "--sources")
     learners, argv = _split(argv, "--learners")
     wordings_text, argv = _split(argv, "--wordings")
-    try:
-        cfg, _, _ = cli_config(argv + ["--train.updates", "0", "--train.progress", "false"])
-        cfg = cfg.resolved()
-        names = [s.strip() for s in (sources or cfg.feedback.source).split(",") if s.strip()]
-        for name in names:
-            for part in name.split("+"):
-                SOURCES.get(part)  # did-you-mean before a model loads
-        lnames = [n.strip() for n in (learners or cfg.learner.name).split(",") if n.strip()]
-        for n in lnames:
-            if not LEARNERS.get(n).uses_teacher:
-                raise ConfigError(f"--learners: {n!r} has no teacher; choose from "
-                                  f"{[x for x in LEARNERS.names() if LEARNERS.get(x).uses_teacher]}")
-        wordings = None
-        if wordings_text is not None:
-            try:
-                wordings = json.loads(wordings_text)
-            except ValueError as exc:
-                raise ConfigError(f"--wordings: not JSON ({exc}); give {{name: {{prompt: template}}}}") from None
-            if not isinstance(wordings, dict) or not all(isinstance(v, dict) for v in wordings.values()):
-                raise ConfigError(f"--wordings: give {{name: {{prompt: template}}}}, got {wordings_text!r}")
-            for name, overrides in wordings.items():
-                try:
-                    Prompts.from_overrides(overrides)
-                except ValueError as exc:
-                    raise ConfigError(f"--wordings {name}: {exc}") from None
-        import tempfile
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg.train.run_dir = tmp
-            trainer = Trainer(cfg, notes=["diagnose"])
-            print(f"agentgym diagnose: {cfg.env.id}, {trainer.model_name}: rolling out "
-                  f"{cfg.env.tasks_per_update} task(s) x {cfg.env.group_size}", file=sys.stderr, flush=True)
-            rows = diagnose(trainer, names, lnames, wordings)
-    except (ConfigError, UnknownPluginError, ValueError) as exc:
-        print(f"agentgym diagnose: {exc}", file=sys.stderr)
-        return 2
-    except TrainingError as exc:
-        print(f"agentgym diagnose: {exc}", file=sys.stderr)
-        return 1
-    if as_json:
-        print(json.dumps([r.as_dict() for r in rows], indent=2))
-    else:
-        print(format_table(rows))
-        bad = [r for r in rows if r.gain is not None and r.gain <= 0]
-        if bad:
-            print(f"\n{len(bad)} of {len(rows)} source x learner pairs have teacher_gain <= 0: distilling from them "
-                  "moves the model away from the reference (see README, 'Does the teacher know better?').")
-        if not any(r.scored for r in rows):
-            print("\nno targeted step had a reference action (the env declares none, or nothing was targeted): "
-                  "teacher_gain is not measurable here")
+    cfg, _, _ = cli_config(argv + ["--train.updates", "0", "--train.progress", "false"])
+    cfg = cfg.resolved()
+    names = [s.strip() for s in (sources or cfg.feedback.source).split(",") if s.strip()]
+    for name in names:
+        for part in name.split("+"):
+            SOURCES.get(part)  # did-you-mean before a model loads
+    lnames = [n.strip() for n in (learners or cfg.learner.name).split(",") if n.strip()]
+    for n in lnames:
+        if not LEARNERS.get(n).uses_teacher:
+            raise ConfigError(f"--learners: {n!r} has no teacher; choose from "
+                              f"{[x for x in LEARNERS.names() if LEARNERS.get(x).uses_teacher]}")
+    wordings = _wordings(wordings_text)
+    from agentgym.trainer import Trainer  # torch and transformers: only once the settings are checked
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg.train.run_dir = tmp
+        trainer = Trainer(cfg, notes=["diagnose"])
+        print(f"agentgym diagnose: {cfg.env.id}, {trainer.model_name}: rolling out "
+              f"{cfg.env.tasks_per_update} task(s) x {cfg.env.group_size}", file=sys.stderr, flush=True)
+        rows = diagnose(trainer, names, lnames, wordings)
+    _print(rows, as_json)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``agentgym diagnose [--sources a,b] [--learners x,y] [--json] [agentgym train settings ...]``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(main.__doc__ + "\n\n" + __doc__)
+        return 0
+    return run_command("diagnose", lambda: _run(argv))

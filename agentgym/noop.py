@@ -13,8 +13,13 @@ episode succeeding, or feedback that gave no target.
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 from typing import Any, Sequence
+
+from agentgym.runlog import read_records
+from agentgym.safeio import read_regular, write_atomic
 
 __all__ = ["NoGradientWatch", "no_gradient_cause"]
 
@@ -96,20 +101,12 @@ PROBE_FILE = "reference_probe.json"
 
 
 def save_probe(run_dir: Any, probe: tuple[list[int], list[int]], before: float | None) -> None:
-    import json
-    from pathlib import Path
-
-    from agentgym.safeio import write_atomic
     write_atomic(Path(run_dir) / PROBE_FILE, json.dumps({"context": list(probe[0]), "action": list(probe[1]),
                                                          "before": before}))
 
 
 def load_probe(run_dir: Any) -> tuple[tuple[list[int], list[int]], float | None] | None:
     """The saved probe and its score before training, or None (absent or not a probe record)."""
-    import json
-    from pathlib import Path
-
-    from agentgym.safeio import read_regular
     try:
         data = json.loads(read_regular(Path(run_dir) / PROBE_FILE, 8 << 20, PROBE_FILE))
         ctx, act, before = data["context"], data["action"], data["before"]
@@ -122,16 +119,8 @@ def load_probe(run_dir: Any) -> tuple[tuple[list[int], list[int]], float | None]
 
 def recorded_seconds(run_dir: Any, start: int) -> list[float]:
     """The ``seconds`` of the train records of updates ``< start`` in the run's metrics.jsonl."""
-    import json
-    from pathlib import Path
-    path = Path(run_dir) / "metrics.jsonl"
     out: dict[int, float] = {}
-    for line in path.read_text().splitlines() if start > 0 and path.is_file() else []:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and rec.get("phase") == "train" and isinstance(rec.get("update"), int) \
-                and rec["update"] < start and isinstance(rec.get("seconds"), (int, float)):
+    for rec in read_records(Path(run_dir) / "metrics.jsonl", "train") if start > 0 else []:
+        if isinstance(rec.get("update"), int) and rec["update"] < start and isinstance(rec.get("seconds"), (int, float)):
             out[rec["update"]] = float(rec["seconds"])
     return [out[k] for k in sorted(out)]

@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from agentgym.safeio import check_not_symlink, open_append
+from agentgym.safeio import check_not_symlink, open_append, write_atomic
 from agentgym.store import StoreCorruptError
 
 __all__ = ["append_record", "record_update", "record_phase", "truncate_records", "truncate_run",
-           "written_before_checkpoint", "TruncateReport", "RUN_LOGS"]
+           "written_before_checkpoint", "TruncateReport", "RUN_LOGS", "write_summary", "read_records"]
 
 # The logs of a run folder that carry per-update records (rank files included).
 RUN_LOGS = ("metrics.jsonl", "trajectories.jsonl", "trajectories.rank*.jsonl")
@@ -209,3 +209,24 @@ def truncate_run(run_dir: str | Path, keep: Keep, *, logs: Iterable[str] = RUN_L
                 seen.add(p)
                 reports.append(truncate_records(p, keep))
     return reports
+
+
+# ------------------------------------------------------------------------------------------ run and eval folders
+def write_summary(folder: str | Path, summary: dict[str, Any]) -> None:
+    """``folder/summary.json``, written atomically (an exclusive temporary file renamed over it,
+    never through a link: the folder may be someone else's)."""
+    write_atomic(Path(folder) / "summary.json", json.dumps(summary, indent=2, default=float))
+
+
+def read_records(path: str | Path, phase: str) -> list[dict[str, Any]]:
+    """The ``phase`` records of a ``metrics.jsonl`` (unreadable lines skipped; none when it is absent)."""
+    path = Path(path)
+    records = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("phase") == phase:
+            records.append(rec)
+    return records

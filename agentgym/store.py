@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
+from agentgym.safeio import open_append
 from agentgym.types import Trajectory
 
 __all__ = ["TrajectoryStore", "read_trajectories", "StoreCorruptError"]
@@ -40,7 +41,6 @@ class TrajectoryStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
         self._lock = threading.Lock()
-        from agentgym.safeio import open_append
         raw = open_append(self.path)  # never through a symbolic link planted in the folder
         self._repair_tail(raw.fileno())
         self._file = io.TextIOWrapper(raw, encoding="utf-8")

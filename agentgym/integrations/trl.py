@@ -32,7 +32,14 @@ tool support; ``rollout_func`` has none of those limits.
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
+
+import gymnasium as gym
+
+from agentgym.agents.base import SamplingParams
+from agentgym.envspec import check_env_id, env_defaults, list_tasks, task_key
+from agentgym.rollout import RolloutRunner, episode_tokens
+from agentgym.tasks import runner_settings, sampling_seed
 
 __all__ = ["grpo_kwargs", "env_reward", "episode_sample"]
 
@@ -47,7 +54,6 @@ def _key(messages: Any) -> str:
 
 
 def _env_kwargs(env_id: str, split: str, given: dict[str, Any] | None) -> dict[str, Any]:
-    from agentgym.envspec import env_defaults
     defaults = env_defaults(env_id)
     if split == "train":
         kwargs = dict(defaults.train_kwargs)
@@ -63,8 +69,6 @@ def _env_kwargs(env_id: str, split: str, given: dict[str, Any] | None) -> dict[s
 
 def episode_sample(trajectory: Any) -> dict[str, list]:
     """One trajectory as TRL's rollout sample: prompt_ids, completion_ids, logprobs, env_mask."""
-    from agentgym.rollout import episode_tokens
-
     tokens = episode_tokens(trajectory)
     logprobs: list[float] = []
     for step in trajectory.steps:
@@ -92,15 +96,23 @@ def grpo_kwargs(env_id: str, *, split: str = "train", env_kwargs: dict[str, Any]
         seed: reset seeds (``seed + task index``, as agentgym's rollout) and sampling seeds.
         batch_size: generation batch of the rollout's policy.
     """
-    import gymnasium as gym
-    from datasets import Dataset
-
-    import agentgym  # noqa: F401  (registers the ids)
-    from agentgym.envspec import check_env_id, env_defaults, list_tasks, task_key
-
     env_id = check_env_id(env_id)
     kwargs = _env_kwargs(env_id, split, env_kwargs)
     defaults = env_defaults(env_id)
+    dataset, index, options = _dataset(env_id, split, kwargs, tasks, max_tasks, seed)
+    settings = runner_settings(env_id, kwargs, max_steps=max_steps if max_steps is not None else defaults.max_steps)
+    max_new_tokens = max_new_tokens if max_new_tokens is not None else defaults.max_new_tokens
+    rollout_func = _rollout_func(env_id, index, options, settings, max_new_tokens=max_new_tokens, seed=seed,
+                                 batch_size=batch_size)
+    return {"train_dataset": dataset, "reward_funcs": [env_reward], "rollout_func": rollout_func}
+
+
+def _dataset(env_id: str, split: str, kwargs: dict[str, Any], tasks: Sequence[dict[str, Any]] | None,
+             max_tasks: int | None, seed: int) -> tuple[Any, dict[str, int], list[dict[str, Any]]]:
+    """(TRL's dataset: one row per task with a distinct first conversation, {prompt key: task index},
+    every task's reset options)."""
+    from datasets import Dataset  # TRL's dependency, not agentgym's: needed only when the adapter is used
+
     env = gym.make(env_id, **kwargs)
     try:
         options = [dict(t) for t in (tasks if tasks is not None else list_tasks(env))]
@@ -125,13 +137,16 @@ def grpo_kwargs(env_id: str, *, split: str = "train", env_kwargs: dict[str, Any]
     dataset = Dataset.from_list(rows)
     dataset.info.description = (f"agentgym {env_id} split={split}: {len(rows)} tasks"
                                 + (f" ({skipped} left out: same first conversation as an earlier task)" if skipped else ""))
-    max_steps = max_steps if max_steps is not None else defaults.max_steps
-    max_new_tokens = max_new_tokens if max_new_tokens is not None else defaults.max_new_tokens
+    return dataset, index, options
+
+
+def _rollout_func(env_id: str, index: dict[str, int], options: list[dict[str, Any]], settings: dict[str, Any], *,
+                  max_new_tokens: int, seed: int, batch_size: int) -> Callable[[list[Any], Any], dict[str, list]]:
     calls = [0]
 
     def rollout_func(prompts: list[Any], trainer: Any) -> dict[str, list]:
-        from agentgym.agents import SamplingParams, TransformersPolicy
-        from agentgym.rollout import RolloutRunner
+        # torch: the dataset side (and agentgym.integrations.verifiers, which shares it) never needs it
+        from agentgym.agents.transformers_policy import TransformersPolicy
 
         try:
             indices = [index[_key(p)] for p in prompts]
@@ -149,10 +164,10 @@ def grpo_kwargs(env_id: str, *, split: str = "train", env_kwargs: dict[str, Any]
         args = trainer.args
         sampling = SamplingParams(temperature=float(getattr(args, "temperature", 1.0)),
                                   top_p=float(getattr(args, "top_p", 1.0) or 1.0), max_new_tokens=max_new_tokens,
-                                  seed=(seed * 1_000_003 + calls[0] * 7919 + trainer.accelerator.process_index) % 2**31)
+                                  seed=sampling_seed(seed, calls[0], rank=trainer.accelerator.process_index))
         calls[0] += 1
         runner = RolloutRunner(policy, env_id, [dict(options[c[0]]) for c in chunks], group_size=groups,
-                               sampling=sampling, env_kwargs=kwargs, seed=seed, max_steps=max_steps, progress=False)
+                               sampling=sampling, seed=seed, progress=False, **settings)
         was_training = model.training
         model.eval()
         try:
@@ -160,21 +175,26 @@ def grpo_kwargs(env_id: str, *, split: str = "train", env_kwargs: dict[str, Any]
         finally:
             model.train(was_training)
         # runner.run() sorts by (task position, member): chunk order, then member order, as TRL laid them out
-        out: dict[str, list] = {k: [] for k in ("prompt_ids", "completion_ids", "logprobs", "env_mask", "env_reward",
-                                                "feedback", "success", "steps", "env_error")}
-        for traj, prompt in zip(trajectories, prompts, strict=True):
-            if traj.steps:
-                sample = episode_sample(traj)
-            else:  # failed at reset: an empty, unscorable sample (reward None -> no advantage)
-                ids = policy.renderer.prompt_ids(prompt)
-                sample = {"prompt_ids": ids, "completion_ids": [tokenizer.eos_token_id], "logprobs": [0.0], "env_mask": [0]}
-            for k, v in sample.items():
-                out[k].append(v)
-            out["env_reward"].append(float(traj.final_reward) if traj.steps else None)
-            out["feedback"].append([f.model_dump(mode="json") for s in traj.steps for f in s.feedback])
-            out["success"].append(bool(traj.success))
-            out["steps"].append(len(traj.steps))
-            out["env_error"].append(traj.error)
-        return out
+        return _samples(trajectories, prompts, policy, tokenizer)
 
-    return {"train_dataset": dataset, "reward_funcs": [env_reward], "rollout_func": rollout_func}
+    return rollout_func
+
+
+def _samples(trajectories: Sequence[Any], prompts: list[Any], policy: Any, tokenizer: Any) -> dict[str, list]:
+    """TRL's rollout output: one sample per episode, with the env's reward and the extra fields."""
+    out: dict[str, list] = {k: [] for k in ("prompt_ids", "completion_ids", "logprobs", "env_mask", "env_reward",
+                                            "feedback", "success", "steps", "env_error")}
+    for traj, prompt in zip(trajectories, prompts, strict=True):
+        if traj.steps:
+            sample = episode_sample(traj)
+        else:  # failed at reset: an empty, unscorable sample (reward None -> no advantage)
+            ids = policy.renderer.prompt_ids(prompt)
+            sample = {"prompt_ids": ids, "completion_ids": [tokenizer.eos_token_id], "logprobs": [0.0], "env_mask": [0]}
+        for k, v in sample.items():
+            out[k].append(v)
+        out["env_reward"].append(float(traj.final_reward) if traj.steps else None)
+        out["feedback"].append([f.model_dump(mode="json") for s in traj.steps for f in s.feedback])
+        out["success"].append(bool(traj.success))
+        out["steps"].append(len(traj.steps))
+        out["env_error"].append(traj.error)
+    return out

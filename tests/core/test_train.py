@@ -180,3 +180,12 @@ def test_training_with_vllm_rollouts_keeps_the_engine_in_sync(tmp_path):
     assert resumed.start == 2 and resumed.backend.policy._lora.lora_int_id == 2
     trained = {n: p for n, p in resumed.learner.unwrapped.named_parameters() if "lora_B" in n}
     assert any(float(p.abs().max()) > 0 for p in trained.values())  # the engine serves trained LoRA weights
+
+
+@pytest.mark.parametrize("name", ["agentgym.trainer", "agentgym.stats", "agentgym.tasks", "agentgym.presets"])
+def test_docstring_examples_of_the_training_core(name):
+    """The runnable examples of the modules the training and evaluation core was split into."""
+    import doctest
+    import importlib
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0, result
