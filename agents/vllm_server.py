@@ -58,6 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, StrictInt, StrictStr
 
 from agentgym.agents.base import (Conversation, Generation, Policy, SamplingParams, ScoreResult, request_prompts,
                                   request_seeds)
+from agentgym.agents.chat import ChatRenderer
 from agentgym.agents.transport import DEFAULT_MAX_RESPONSE_BYTES, HTTPTransport, ServerError
 from agentgym.agents.vllm_launch import VLLMServerProcess, free_port, launch_vllm_server  # noqa: F401 - re-exported
 from agentgym.agents.vllm_policy import WeightSyncError
@@ -134,7 +135,7 @@ def _vocab_size(tokenizer: Any) -> int:
     path = getattr(tokenizer, "name_or_path", None)
     if path:
         try:
-            from transformers import AutoConfig
+            from transformers import AutoConfig  # heavy: only when the vocabulary size is not given
             config = AutoConfig.from_pretrained(path, local_files_only=True)
             text = config.get_text_config() if hasattr(config, "get_text_config") else config
             size = max(size, int(getattr(text, "vocab_size", 0) or 0))
@@ -164,7 +165,6 @@ class VLLMServerPolicy(Policy):
                  api_key: str | None = None, api_key_env: str | None = None, attempts: int = 3,
                  max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, vocab_size: int | None = None,
                  require_echo: bool = True):
-        from agentgym.agents.chat import ChatRenderer
         if isinstance(urls, str):
             urls = [urls]
         if not urls:

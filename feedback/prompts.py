@@ -41,6 +41,8 @@ import string
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from agentgym.plugins import suggest
+
 __all__ = ["Prompts", "PROMPTS"]
 
 
@@ -166,7 +168,6 @@ _SAMPLE: dict[str, Any] = {"number": 1, "reward": 0.5, "terminated": False, "suc
 def check_templates(templates: Mapping[str, Any]) -> None:
     """Raise ``ValueError`` naming the first problem: an unknown prompt name (with a did-you-mean), a
     template that is not a string, or a ``{field}`` / format spec the template cannot be given."""
-    from agentgym.plugins import suggest
     for name, template in templates.items():
         if name not in TEMPLATE_FIELDS:
             near = suggest(name, TEMPLATE_FIELDS) or f"; the prompts are {sorted(TEMPLATE_FIELDS)}"

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable
 
+from agentgym.feedback.prompts import PROMPTS
 from agentgym.parsing import AutoToolCallParser, PythonCallParser
 from agentgym.types import FeedbackKind, Step, Trajectory
 
@@ -223,7 +224,6 @@ def first_divergence(trajectory: Trajectory, rules: dict[str, Callable[[], Diver
 
 def describe_divergence(div: Divergence, prompts=None) -> str:
     """The correction a reference-based hindsight writes for ``div`` (wording in ``prompts``)."""
-    from agentgym.feedback.prompts import PROMPTS
     prompts = prompts or PROMPTS
     if div.rule == "bfcl":
         template = (prompts.reference_hindsight_missing if div.detail.get("reason") == "missing_calls"

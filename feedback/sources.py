@@ -27,6 +27,7 @@ import re
 import warnings
 from typing import Any, ClassVar, Sequence
 
+from agentgym.agents.base import SamplingParams
 from agentgym.types import Feedback, FeedbackKind, Trajectory
 
 # The interface and the registry helpers live in feedback/base.py; re-exported here for older importers.
@@ -244,7 +245,6 @@ class LLMSource(FeedbackSource):
     def __init__(self, policy: Any, *, sampling: Any = None, budget: int = 12_000, on_error: str = "skip",
                  temperature: float | None = None, max_new_tokens: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        from agentgym.agents.base import SamplingParams
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
         if policy is None:
