@@ -274,7 +274,7 @@ class WorkerProcess:
             listener.listen(64)
             drop = [] if identity is None else [*drop_root(*identity), "--no-new-privs"]
             cmd = [*drop, str(self.paths.venv_python), str(SERVER_SCRIPT), "--mode", self.mode,
-                   "--listen-fd", str(listener.fileno()), "--max-output-chars", str(self.max_output_chars),
+                   "--listen-fd", str(listener.fileno()), "--parent-pid", str(os.getpid()), "--max-output-chars", str(self.max_output_chars),
                    "--mem-mb", str(self.mem_mb), "--cpu-seconds", str(self.cpu_seconds),
                    "--fsize-mb", str(self.fsize_mb)]
             # cwd = the root, so AppWorld's relative paths and dotenv lookups stay inside it.

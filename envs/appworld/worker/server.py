@@ -301,17 +301,18 @@ def make_handler(worker: Worker, token: str):
     return Handler
 
 
-def _exit_with_parent() -> None:
-    """Exit when the agentgym process that started us is gone (no orphaned workers)."""
-    import threading
+def _exit_with_parent(parent: int) -> None:
+    """Exit when the agentgym process that started us (pid ``parent``) is gone (no orphaned workers).
 
-    parent = os.getppid()
+    The pid comes from the command line, not from ``os.getppid()`` here: the warm-up before this
+    runs takes seconds, and an owner that died during it would already have been replaced by init."""
+    import threading
 
     def watch() -> None:
         while True:
-            time.sleep(1.0)
             if os.getppid() != parent:
                 os._exit(0)
+            time.sleep(1.0)
 
     threading.Thread(target=watch, daemon=True).start()
 
@@ -321,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=["apps", "grade"], required=True)
     parser.add_argument("--listen-fd", type=int, required=True,
                         help="a listening unix stream socket the env created (and alone can reach)")
+    parser.add_argument("--parent-pid", type=int, default=None,
+                        help="exit when this process (the env that started the worker) is gone")
     parser.add_argument("--max-output-chars", type=int, default=1_000_000)
     parser.add_argument("--mem-mb", type=int, default=3072)
     parser.add_argument("--cpu-seconds", type=int, default=3600)
@@ -350,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     if server.socket.family != socket.AF_UNIX:
         print("worker: --listen-fd is not a unix socket; refusing to serve", file=sys.stderr)
         return 2
-    _exit_with_parent()
+    _exit_with_parent(os.getppid() if args.parent_pid is None else args.parent_pid)
     apply_limits(args.mem_mb, args.cpu_seconds, args.fsize_mb)
     confine_syscalls()
     # The parent waits for this line: the worker is warm and about to serve.
