@@ -18,6 +18,8 @@ from agentgym.agents.base import (Conversation, Generation, Policy, PolicyError,
                                   request_prompts, request_seeds)
 from agentgym.agents.chat import ChatRenderer
 
+# torch / transformers / peft are imported in the methods that use them: heavy, and this module is in the
+# trainer's and the eval CLI's import graph even for runs whose policy is an API.
 
 __all__ = ["TransformersPolicy"]
 
