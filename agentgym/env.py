@@ -141,12 +141,12 @@ class AgentEnv(gym.Env[str, str]):
     @property
     def default_max_steps(self) -> int:
         """The env's own step limit when its constructor gets none (from ``defaults``)."""
-        return self.defaults.env_max_steps or self.defaults.max_steps or DEFAULT_MAX_STEPS
+        return self.defaults.env_step_limit
 
     def __init__(self, *, max_steps: int | None = None, max_action_chars: int = 100_000,
                  render_mode: str | None = None, step_timeout_s: float | None | str = "default"):
         if max_steps is None:
-            max_steps = self.default_max_steps
+            max_steps = self.defaults.env_step_limit
         if not isinstance(max_steps, int) or max_steps < 1:
             raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
         if render_mode not in (None, "ansi"):

@@ -61,6 +61,11 @@ class EnvDefaults:
     # rows of one pass), on the benchmark's published scale; None: success rate and reward only.
     headline: Callable[[Sequence[Any]], dict[str, float]] | None = None
 
+    @property
+    def env_step_limit(self) -> int:
+        """The env's own step limit: ``env_max_steps``, else ``max_steps``, else ``DEFAULT_MAX_STEPS``."""
+        return self.env_max_steps or self.max_steps or DEFAULT_MAX_STEPS
+
     def replace(self, **changes: Any) -> "EnvDefaults":
         return dataclasses.replace(self, **changes)
 

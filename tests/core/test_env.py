@@ -93,3 +93,32 @@ def test_registration_is_idempotent_and_lists_every_builtin():
     ids = {k for k in gym.registry if k.startswith("agentgym/")}
     assert {"agentgym/BFCLMultiTurn-v0", "agentgym/BFCLSingleTurn-v0", "agentgym/WebShop-v0",
             "agentgym/ALFWorld-v0", "agentgym/AppWorld-v0", "agentgym/Echo-v0"} <= ids
+
+
+def test_env_metadata_lives_in_the_class_defaults_and_is_resolved_once_per_id():
+    from agentgym.envs.echo.env import EchoEnv
+    from agentgym.envspec import EnvDefaults, env_defaults, resolve_env
+
+    resolved = resolve_env("agentgym/Echo-v0")
+    assert resolved is resolve_env("agentgym/Echo-v0")  # cached per id
+    assert resolved.cls is EchoEnv and resolved.defaults is EchoEnv.defaults is env_defaults("agentgym/Echo-v0")
+    assert resolved.defaults.max_steps == 3 == gym.make("agentgym/Echo-v0").unwrapped.max_steps
+    # The older spelling, a class attribute default_max_steps, is folded into the one EnvDefaults.
+    assert CountdownEnv.defaults.max_steps == 10 == env_defaults("usertest/Countdown-v0").max_steps
+    assert gym.make("usertest/Countdown-v0").unwrapped.max_steps == 10
+
+    class TwoLimits(CountdownEnv):  # a run's limit below the env's own (BFCL multi-turn: 20 of 168)
+        defaults = EnvDefaults(max_steps=4, env_max_steps=12)
+
+    class Inherits(TwoLimits):
+        pass
+
+    assert (Inherits.defaults.max_steps, Inherits.defaults.env_max_steps) == (4, 12)
+    assert Inherits().max_steps == 12
+    gym.register(id="usertest/Countdown-v1", entry_point=TwoLimits, disable_env_checker=True,
+                 kwargs={"max_action_chars": 50})
+    try:
+        declared = resolve_env("usertest/Countdown-v1").defaults
+        assert declared.max_steps == 4 and declared.train_kwargs == {"max_action_chars": 50}
+    finally:
+        del gym.registry["usertest/Countdown-v1"]
