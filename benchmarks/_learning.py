@@ -12,13 +12,17 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
+
+from agentgym import Trainer
+from agentgym.config import _merge
+from agentgym.train import PRESETS
+
 
 def demo_config(env_id: str, learner: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """The demo preset's settings for ``env_id`` and ``learner`` (what ``agentgym train --env.id ENV
     --learner.name LEARNER`` starts from) with ``overrides`` on top. Runs keep every update's records;
     a reward-only learner whose samples all fail has no gradient: a result to report, not an error."""
-    from agentgym.config import _merge
-    from agentgym.train import PRESETS
     quiet = {"model": {"gradient_checkpointing": False},
              "train": {"progress": False, "max_no_gradient_fraction": 1.0, "checkpoint_every": 0, "tensorboard": False}}
     return _merge(_merge(PRESETS["demo"].base_for(env_id, learner), quiet), overrides)
@@ -27,9 +31,7 @@ def demo_config(env_id: str, learner: str, overrides: dict[str, Any]) -> dict[st
 def train_one(config: dict[str, Any], one_thread: bool) -> tuple[dict[str, Any], list[dict[str, Any]], float]:
     """(summary, metrics records, wall seconds) of one training run."""
     if one_thread:
-        import torch
         torch.set_num_threads(1)
-    from agentgym.train import Trainer
     started = time.perf_counter()
     summary = Trainer(config).fit()
     path = Path(config["train"]["run_dir"]) / "metrics.jsonl"

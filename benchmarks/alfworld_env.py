@@ -30,8 +30,10 @@ from pathlib import Path
 
 import psutil
 
+from agentgym.envs.alfworld.engine import install_translation_cache, uninstall_translation_cache
 from agentgym.envs.alfworld.env import ALFWorldEnv
-from agentgym.envs.alfworld.games import rebuild_trial
+from agentgym.envs.alfworld.games import find_games, rebuild_trial
+from agentgym.envs.alfworld.textcache import install_text_caches, uninstall_text_caches
 from agentgym.paths import data_dir
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "alfworld" / "debug-trial"
@@ -64,9 +66,6 @@ def timed(fn, *args):
 
 
 def compare(games: list[str], resets: int, steps: int) -> None:
-    from agentgym.envs.alfworld.engine import install_translation_cache, uninstall_translation_cache
-    from agentgym.envs.alfworld.textcache import install_text_caches, uninstall_text_caches
-
     def caches(on: bool) -> None:  # the official env's worker process is forked: it inherits them
         if on:
             install_translation_cache()
@@ -162,7 +161,6 @@ def main() -> None:
         if generated.is_dir():
             roots.append(str(generated))
     if args.compare_games:
-        from agentgym.envs.alfworld.games import find_games
         compare([g.path for g in find_games([Path(r) for r in roots])][:args.compare_games],
                 args.compare_resets, args.compare_steps)
     if args.only_compare:

@@ -27,13 +27,15 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import agentgym  # noqa: E402,F401
-from agentgym.agents.base import SamplingParams  # noqa: E402
-from agentgym.agents.models import build_tiny_model  # noqa: E402
-from agentgym.agents.scripted import ScriptedPolicy, by_turn  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
+
+from agentgym.agents import SamplingParams, ScriptedPolicy, build_tiny_model  # noqa: E402
+from agentgym.agents.scripted import by_turn  # noqa: E402
 from agentgym.envs.bfcl.data import get_entry, split_ids  # noqa: E402
 from agentgym.feedback import (Dense, FirstDivergence, FirstError, FirstStep, HindsightMulti,  # noqa: E402
                                HindsightSingle, LastStep, LLMHindsightSource, LLMStepHintSource,
                                ReferenceHindsightSource)
+from agentgym.feedback.render import render_trajectory  # noqa: E402
 from agentgym.rollout import rollout  # noqa: E402
 
 
@@ -100,7 +102,6 @@ def main(argv=None) -> int:
     if args.smoke:
         args.tasks, args.group, args.repeats = 1, 3, 2
 
-    from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(build_tiny_model())
     t0 = time.perf_counter()
     trajs = build_batch(tokenizer, args.tasks, args.group, args.seed)
@@ -115,7 +116,6 @@ def main(argv=None) -> int:
 
     # The teacher answers like a competent hindsight model (the reference-based correction) and a
     # dense judge (one sentence per step); token counts come from the real tokenizer + template.
-    from agentgym.feedback.render import render_trajectory
     expected = {render_trajectory(t): h for t, h in zip(trajs, hints) if not t.success}
 
     def answer(conv):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from _learning import common_args, demo_config, mean_std, run_all, train_one
+
+from agentgym.envs.bfcl.single_turn import load_single_turn
 
 ENV = "agentgym/BFCLSingleTurn-v0"
 FEEDBACK = {"hint_sd": {"source": "reference_hindsight", "selector": "hindsight_multi"},
@@ -46,9 +49,6 @@ def config(learner: str, seed: int, args: argparse.Namespace, run_dir: Path) -> 
 def split_tasks(args: argparse.Namespace) -> dict[str, list[str]]:
     """The same held-out and training entries for every learner and seed: a fixed shuffle of the
     category's ids, the first ``eval_tasks`` held out, the next ``train_tasks`` trained on."""
-    import random
-
-    from agentgym.envs.bfcl.single_turn import load_single_turn
     ids = [e["id"] for e in load_single_turn(args.category)]
     random.Random(f"learning_real/{args.category}").shuffle(ids)
     return {"eval_task_ids": ids[:args.eval_tasks], "task_ids": ids[args.eval_tasks:args.eval_tasks + args.train_tasks]}

@@ -22,8 +22,13 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import agentgym  # noqa: E402
-from agentgym.agents.scripted import ScriptedPolicy  # noqa: E402
+import gymnasium as gym  # noqa: E402
+import psutil  # noqa: E402
+
+import agentgym  # noqa: E402,F401  (registers the envs)
+from agentgym.agents import (SamplingParams, ScriptedPolicy, TransformersPolicy, build_smollm2,  # noqa: E402
+                             build_tiny_model)
+from agentgym.envpool import close_shared_pools  # noqa: E402
 from agentgym.rollout import RolloutRunner  # noqa: E402
 
 BFCL = "agentgym/BFCLMultiTurn-v0"
@@ -59,7 +64,6 @@ def appworld_script(conv):
 
 
 def env_tasks(env_id: str, n: int, env_kwargs: dict) -> list[dict]:
-    import gymnasium as gym
     env = gym.make(env_id, **env_kwargs)
     try:
         tasks = env.unwrapped.tasks()
@@ -93,7 +97,6 @@ def worker_rollout(env_id: str, script, env_kwargs: dict, tasks: list[dict], wor
 
 
 def worker_table(envs: list[str], workers: list[int], episodes: int, max_steps: int, concurrent: int) -> None:
-    import psutil
     print(f"# env worker pools ({psutil.cpu_count()} CPUs, load {psutil.getloadavg()[0]:.1f} at start; "
           f"{episodes} episodes x {max_steps} steps, {concurrent} concurrent, scripted policy, after a warm-up "
           f"pass; env ms/op: time in the env per reset or step, summed over workers)")
@@ -114,20 +117,17 @@ def worker_table(envs: list[str], workers: list[int], episodes: int, max_steps: 
                   f"{r['env_ms']:>11.1f}{r['overhead_ms']:>18.3f}{len(r['errors']):>8}", flush=True)
             if r["errors"]:
                 print(f"{'':<10}first error: {r['errors'][0][:200]}")
-        from agentgym.envpool import close_shared_pools
         close_shared_pools()
 
 
 def load_policy(backend: str, path):
     if backend == "vllm":
-        from agentgym.agents import VLLMPolicy
+        from agentgym.agents import VLLMPolicy  # only in .venv-vllm (vllm is optional)
         return VLLMPolicy(str(path), dtype="float32", max_model_len=4096, kv_cache_memory_bytes=1 << 30)
-    from agentgym.agents import TransformersPolicy
     return TransformersPolicy(path, batch_size=8)  # one forward for the largest batch measured
 
 
 def tokens_per_second(policy, batch: int, new_tokens: int = 32) -> float:
-    from agentgym.agents import SamplingParams
     convs = [[{"role": "user", "content": f"Question {i}: list the files in the folder."}] for i in range(batch)]
     policy.generate(convs[:1], sampling=SamplingParams(max_new_tokens=2))  # warm-up
     start = time.perf_counter()
@@ -167,7 +167,6 @@ def main() -> None:
               f"steps/s (x{r['steps_per_s'] / base:.2f} vs 1)")
         print(f"{f'BFCL scripted, {concurrent:>2} concurrent: overhead':<44}{r['overhead_ms']:>12.3f}  "
               f"ms/step framework (env {r['env_ms']:.3f} ms/step)")
-    from agentgym.agents.models import build_smollm2, build_tiny_model
     models = [("tiny", build_tiny_model)] + ([] if args.skip_smollm2 else [("SmolLM2-135M", build_smollm2)])
     for name, build in models:
         path = build()

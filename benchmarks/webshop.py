@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO))
 from agentgym.envs.webshop.catalog import load_catalogue  # noqa: E402
 from agentgym.envs.webshop.env import WebShopEnv  # noqa: E402
 from agentgym.envs.webshop.goals import synthetic_goals  # noqa: E402
+from agentgym.envs.webshop.reward import title_nouns  # noqa: E402  (loads spaCy on its first call, timed below)
 from agentgym.envs.webshop.search import SearchIndex  # noqa: E402
 
 
@@ -71,8 +72,6 @@ def main() -> int:
     print(f"index build: {build_s * 1000:.1f} ms; cached load: {load_s * 1000:.1f} ms "
           f"(x{build_s / load_s:.1f} faster)")
     print(f"search latency (100 products): median {base_median * 1000:.3f} ms, p95 {ms(lat, 95):.3f} ms")
-
-    from agentgym.envs.webshop.reward import title_nouns
 
     _, spacy_s = timed(title_nouns, "warm up the spaCy model")
     print(f"spaCy model load (first purchase score only): {spacy_s:.2f} s")
