@@ -152,7 +152,7 @@ def full(t: torch.Tensor, param: Any = None) -> torch.Tensor:
         whole = t.full_tensor().detach()
         return whole.cpu() if _KEEP[-1] else torch.empty(0)
     if param is not None and is_zero3(param):
-        import deepspeed
+        import deepspeed  # optional (the deepspeed extra): only a ZeRO-3 parameter gets here
         with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
             return param.data.detach().cpu().clone() if _KEEP[-1] else torch.empty(0)
     return t.detach().cpu()
@@ -162,7 +162,7 @@ def shard_as(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``value`` (a whole tensor) laid out as ``like``: this process's shard of it for a DTensor
     (cut locally, no communication), else ``value`` on ``like``'s device and dtype."""
     if is_dtensor(like):
-        from torch.distributed.tensor import distribute_tensor
+        from torch.distributed.tensor import distribute_tensor  # a DTensor exists: torch has distributed
         value = value.to(device=like.device, dtype=like.dtype)
         return distribute_tensor(value, like.device_mesh, like.placements, src_data_rank=None)
     return value.to(device=like.device, dtype=like.dtype)
@@ -173,7 +173,7 @@ def load_full(dest: torch.Tensor, value: torch.Tensor, param: Any = None) -> Non
     optimizer state), cutting out this process's shard where ``dest`` is sharded."""
     with torch.no_grad():
         if param is not None and is_zero3(param):
-            import deepspeed
+            import deepspeed  # optional (the deepspeed extra): only a ZeRO-3 parameter gets here
             with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
                 param.data.copy_(value.to(param.data.device, param.data.dtype))
             return
