@@ -7,17 +7,49 @@ log-prob task by task as training does; the printed JSON carries ``reference_log
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import psutil
 
 from agentgym.cli import main as cli_main
-from agentgym.evaluation import EvalSettings, _eval_config, compare_table, eval_main, task_lists
+from agentgym.env import AgentEnv, EnvReply, EnvReset
+from agentgym.evaluation import EvalSettings, _eval_config, compare_table, eval_main
+from agentgym.presets import DEMO_EVAL_TASKS, cli_config
+from agentgym.tasks import task_lists
+from agentgym.types import Message
+
+# (env workers import this module to build StallEnv: its imports stay light, no torch)
+
+
+class StallEnv(AgentEnv):
+    """Two tasks: ``quick`` ends at its first step, ``stall``'s first step sleeps far past any deadline.
+    Every reset records the process the env lives in."""
+
+    def tasks(self) -> list[dict[str, Any]]:
+        return [{"task_id": "quick"}, {"task_id": "stall"}]
+
+    def _reset(self, options: dict[str, Any]) -> EnvReset:
+        self._task = options.get("task_id", "quick")
+        return EnvReset(messages=[Message(role="user", content="Say anything.")],
+                        task={"id": self._task, "pid": os.getpid()})
+
+    def _step(self, action: str) -> EnvReply:
+        if self._task == "stall":
+            time.sleep(30)
+        return EnvReply(messages=[Message(role="user", content="Done.")], reward=1.0, terminated=True)
+
+
+gym.register(id="agentgym-test/Stall-v0", entry_point=StallEnv)
 
 
 def _run_folder(tmp_path: Path) -> Path:
     """A run folder of Echo with the tiny model whose adapter is unloadable: evaluating it would fail."""
-    from agentgym.train import cli_config
     cfg, _, _ = cli_config(["--env.id", "agentgym/Echo-v0", "--model.name", "tiny"])
     run = tmp_path / "runs" / "echo-run"
     (run / "adapter").mkdir(parents=True)
@@ -43,7 +75,6 @@ def test_eval_of_a_run_with_model_evaluates_that_model_and_notes_greedy_seeds(tm
 
 
 def test_split_and_tasks_all_evaluate_that_split_not_the_demo_task_ids():
-    from agentgym.train import DEMO_EVAL_TASKS
     cfg = _eval_config(EvalSettings(model="tiny", split="test", tasks="all"), [])
     _, evals, _ = task_lists(cfg)
     ids = {t["task_id"] for t in evals}
@@ -86,3 +117,29 @@ def test_a_plugin_module_in_the_working_folder_imports_without_pythonpath(tmp_pa
                           text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "my_plugins:my/Env-v0" in proc.stdout
+
+
+def test_eval_runs_its_episodes_in_env_workers_under_the_step_deadline(tmp_path, capsys):
+    """``--env.workers 2 --env.step_timeout_s 1``: the episodes step in env worker processes (each
+    reset records its process: a child of this one, not this one) and a step that stalls for 30 s is
+    cut at the 1 s deadline, which truncates that episode with the cause (the other one succeeds)."""
+    started = time.monotonic()
+    rc = eval_main(["--model", "tiny", "--env.id", "agentgym-test/Stall-v0", "--task-ids", "quick,stall",
+                    "--env.workers", "2", "--env.step_timeout_s", "1", "--rollout.max_new_tokens", "4",
+                    "--train.progress", "false", "--out", str(tmp_path), "--name", "stall"])
+    seconds = time.monotonic() - started
+    out, err = capsys.readouterr()
+    assert rc == 0, err[-2000:]
+    trajs = {t["task_id"]: t for t in map(json.loads, (tmp_path / "stall" / "trajectories.jsonl").read_text().splitlines())}
+    assert sorted(trajs) == ["quick", "stall"]
+    children = {p.pid for p in psutil.Process().children(recursive=True)}
+    pids = {t["metadata"]["task"]["pid"] for t in trajs.values()}
+    assert os.getpid() not in pids and pids <= children, (pids, children)
+    assert trajs["quick"]["success"] and not trajs["quick"]["error"]
+    stalled = [f for s in trajs["stall"]["steps"] for f in s["feedback"]]
+    assert any(f["kind"] == "error" and f["payload"].get("type") == "step_timeout" for f in stalled), stalled
+    assert trajs["stall"]["truncated"] and not trajs["stall"]["success"]
+    assert seconds < 25, seconds  # the 30 s step never ran to its end
+    summary = json.loads((tmp_path / "stall" / "summary.json").read_text())
+    assert summary["episodes"] == 2 and summary["successes"] == 1
+    assert summary["eval_kwargs"]["step_timeout_s"] == 1.0
