@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -124,12 +125,15 @@ def sample() -> dict[str, float]:
         procs += me.children(recursive=True)
     except psutil.Error:
         pass
-    out = {"rss_self_mb": me.memory_info().rss / (1 << 20), "rss_children_mb": 0.0, "held_mb": 0.0,
+    out = {"rss_self_mb": me.memory_info().rss / (1 << 20), "rss_children_mb": 0.0, "pss_mb": 0.0, "held_mb": 0.0,
            "fds": 0, "threads": 0, "children": len(procs) - 1}
     for proc in procs:
         try:
             if proc is not me:
                 out["rss_children_mb"] += proc.memory_info().rss / (1 << 20)
+            # PSS shares a page among the processes mapping it: forked children (AppWorld's sandbox
+            # episodes, env workers) do not count their parent's pages again, as RSS sums do.
+            out["pss_mb"] += proc.memory_full_info().pss / (1 << 20)
             out["held_mb"] += held_mappings_mb(proc.pid)
             out["fds"] += proc.num_fds()
             out["threads"] += proc.num_threads()
@@ -177,6 +181,8 @@ def one(name: str, mode: str, episodes: int, chunk: int, concurrent: int) -> Non
     from agentgym.agents.scripted import ScriptedPolicy
     from agentgym.rollout import RolloutRunner, close_idle_envs
 
+    # A stopped soak (SIGTERM) still runs the finally below: the server child and the env pools go too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     env_id, script, kwargs, _, steps = ENVS[name]
     probe = gym.make(env_id, **kwargs)
     try:
@@ -251,7 +257,8 @@ def run_row(name: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
     warm = max(1, int(len(chunks) * args.warmup))
     after = [(c["episodes"], c["rss_mb"]) for c in chunks[warm - 1:]]
     half = len(after) // 2
-    result.update(slope=slope(after), first=slope(after[:half + 1]), second=slope(after[half:]), warm=warm)
+    result.update(slope=slope(after), first=slope(after[:half + 1]), second=slope(after[half:]), warm=warm,
+                  pss_slope=slope([(c["episodes"], c["pss_mb"]) for c in chunks[warm - 1:] if "pss_mb" in c]))
     return result
 
 
@@ -262,10 +269,11 @@ def fmt(value: float | None, width: int, digits: int = 2) -> str:
 def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"\n# soak: {args.episodes} episodes per row in chunks of {args.chunk} (one RolloutRunner.run() each), "
           f"{args.concurrent} concurrent, scripted mixed policy; slope = total RSS (process + children) after "
-          f"the first {args.warmup:.0%} of episodes, MB per 1,000 episodes (first half / second half); ep/s after "
-          "the warm-up; fds, threads, children: after the first chunk > at the end")
+          f"the first {args.warmup:.0%} of episodes, MB per 1,000 episodes (first half / second half); PSS slope: the "
+          "same of total PSS (a page shared by forked processes counted once); ep/s after the warm-up; fds, "
+          "threads, children: after the first chunk > at the end")
     print(f"{'env':<12}{'mode':<9}{'episodes':>9}{'errors':>7}{'RSS MB start':>13}{'end':>8}{'slope':>8}"
-          f"{'halves':>14}{'held MB':>9}{'fds':>9}{'threads':>10}{'children':>10}{'ep/s':>8}")
+          f"{'halves':>14}{'PSS slope':>10}{'held MB':>9}{'fds':>9}{'threads':>10}{'children':>10}{'ep/s':>8}")
     for r in rows:
         if "error" in r:
             print(f"{r['env']:<12}{r['mode']:<9} failed: {r['error']}")
@@ -275,7 +283,7 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         rates = [x["eps_per_s"] for x in c[r["warm"]:]] or [x["eps_per_s"] for x in c]
         halves = f"{fmt(r['first'], 6, 1)}/{fmt(r['second'], 6, 1).strip():<6}"
         print(f"{r['env']:<12}{r['mode']:<9}{last['episodes']:>9}{last['errors']:>7}{first['rss_mb']:>13.1f}"
-              f"{last['rss_mb']:>8.1f}{fmt(r['slope'], 8)}{halves:>14}{last['held_mb']:>9.1f}"
+              f"{last['rss_mb']:>8.1f}{fmt(r['slope'], 8)}{halves:>14}{fmt(r.get('pss_slope'), 10)}{last['held_mb']:>9.1f}"
               f"{first['fds']:>4}>{last['fds']:<4}{first['threads']:>5}>{last['threads']:<4}"
               f"{first['children']:>5}>{last['children']:<4}{sum(rates) / len(rates):>8.1f}")
 

@@ -4,6 +4,7 @@ finishes its episodes without an env error, and the table and the per-chunk JSON
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,8 +26,29 @@ def test_soak_smoke_runs_every_mode_and_reports_what_the_process_holds(tmp_path)
         last = row["chunks"][-1]
         assert last["episodes"] == 30 and last["errors"] == 0 and len(row["chunks"]) == 3
         assert last["rss_mb"] > 20 and last["fds"] > 0 and last["threads"] >= 1 and row["slope"] is not None
+        assert last["pss_mb"] > 20 and row["pss_slope"] is not None
         assert last["held_mb"] < 1.0  # no deleted file of any size stays mapped (a 4 kB semaphore may)
     children = {r["mode"]: r["chunks"][-1]["children"] for r in rows}
     assert children["inproc"] == 0 and children["workers"] >= 2 and children["served"] >= 1
     table = proc.stdout[proc.stdout.index("# soak"):]
     assert all(f"echo        {mode}" in table for mode in ("inproc", "workers", "served")), table
+
+
+def test_a_stopped_soak_row_takes_its_server_and_env_workers_with_it():
+    """SIGTERM to a row's process (how a soak is stopped) still closes the served child and the pool."""
+    pytest.importorskip("openenv.core", reason="the served row needs openenv-core (setup.sh installs it)")
+    import psutil
+    proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "soak.py"), "--one", "echo", "served",
+                             "--episodes", "100000", "--chunk", "10", "--concurrent", "2"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("{"), proc.stderr.read()[-2000:]  # one chunk done
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children  # the agentgym serve child
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 143
+        gone, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, [p.cmdline() for p in alive]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
