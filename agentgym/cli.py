@@ -11,6 +11,10 @@ import importlib
 import sys
 from typing import Callable
 
+import gymnasium
+
+import agentgym  # noqa: F401  (registers the envs; the parent package of this module, imported already)
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("agentgym.train:main", "train a policy (default: HINT-SD on BFCL v3 multi-turn, see README)"),
     "eval": ("agentgym.evaluation:eval_main", "evaluate a policy or a run's checkpoint on an env split"),
@@ -37,10 +41,6 @@ def _load(target: str) -> Callable[[list[str]], int]:
 
 
 def list_envs(argv: list[str]) -> int:
-    import gymnasium
-
-    import agentgym  # noqa: F401  (registers)
-
     for env_id in sorted(k for k in gymnasium.registry if k.startswith("agentgym/")):
         print(env_id)
     return 0
