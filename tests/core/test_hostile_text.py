@@ -20,11 +20,12 @@ from hypothesis import HealthCheck, given, settings
 
 import agentgym  # noqa: F401  (registers the envs)
 from agentgym import AgentEnv, EnvReply, EnvReset, FeedbackKind, Message
-from agentgym.env import DEFAULT_STEP_TIMEOUT_S, StepTimeout, StepWatchdog
+from agentgym.deadline import DEFAULT_STEP_TIMEOUT_S, StepTimeout, StepWatchdog
 from agentgym.envs.alfworld.games import rebuild_trial
 from agentgym.envs.bfcl.backends import MAX_FS_ENTRIES, BackendSet, _plain
 from agentgym.envs.bfcl.data import get_entry
 from agentgym.envs.webshop.env import WebShopEnv
+from agentgym.envspec import EnvDefaults
 from agentgym.parsing import MAX_ARGUMENT_DEPTH, MAX_CALLS, AutoToolCallParser
 from agentgym.testing.strategies import hostile_texts
 from agentgym.types import ToolCall
@@ -70,7 +71,7 @@ def errors(info):
 class SlowEnv(AgentEnv):
     """A user env whose step overruns on request: sleeps, spins, swallows the timeout, or raises."""
 
-    default_max_steps = 5
+    defaults = EnvDefaults(max_steps=5)
 
     def _reset(self, options):
         return EnvReset(messages=[Message(role="user", content="Say something.")], task={"id": "slow"})

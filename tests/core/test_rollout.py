@@ -31,7 +31,7 @@ class FlakyEnv(EchoEnv):
 
 
 class SlowEnv(EchoEnv):
-    default_max_steps = 100
+    defaults = EchoEnv.defaults.replace(max_steps=100)
 
     def _step(self, action):
         time.sleep(0.05)

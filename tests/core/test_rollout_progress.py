@@ -13,7 +13,7 @@ from agentgym.rollout import rollout
 
 
 class LongEchoEnv(EchoEnv):
-    default_max_steps = 100  # a wrong word never ends the episode before rollout's max_steps
+    defaults = EchoEnv.defaults.replace(max_steps=100)  # a wrong word never ends the episode before rollout's max_steps
 
 
 if "agentgym-test/LongEcho-v0" not in gym.registry:

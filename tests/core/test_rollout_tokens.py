@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import agentgym
 from agentgym.env import AgentEnv, EnvReply, EnvReset
+from agentgym.envspec import EnvDefaults
 from agentgym.rollout import episode_tokens, rollout
 from agentgym.types import Message
 
@@ -22,7 +23,7 @@ class ScriptedChatEnv(AgentEnv):
     ``{"system": str, "user": str, "tools": [...], "turns": [[message dicts], ...]}``. Step k answers
     with ``turns[k]`` (tool results and user messages) and the episode ends after the last turn."""
 
-    default_max_steps = 50
+    defaults = EnvDefaults(max_steps=50)
 
     def _reset(self, options):
         self._turns = [list(t) for t in options["turns"]]
