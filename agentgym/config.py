@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
@@ -44,7 +44,7 @@ from agentgym.config_plugins import PluginSection, moved_keys, settings_of
 from agentgym.envspec import check_env_id, env_defaults
 from agentgym.feedback.base import check_options
 from agentgym.feedback.prompts import check_templates
-from agentgym.plugins import (LEARNERS, ROLLOUT_BACKENDS, SELECTORS, SOURCES, TEACHERS, Registry, UnknownPluginError,
+from agentgym.plugins import (LEARNERS, ROLLOUT_BACKENDS, SELECTORS, SOURCES, TEACHERS, UnknownPluginError,
                               import_plugins, suggest)
 
 __all__ = ["DISABLED", "FROM_PYTHON", "RunConfig", "ModelConfig", "EnvConfig", "RolloutConfig", "FeedbackConfig", "LearnerConfig",
@@ -139,13 +139,9 @@ class EnvConfig(_Section):
         return v
 
 
-class RolloutConfig(PluginSection):
+class RolloutConfig(PluginSection, registry=ROLLOUT_BACKENDS, field="backend", section="rollout"):
     """Besides the fields, ``[rollout.<backend>]`` holds a registered rollout backend's own settings,
     e.g. ``--rollout.vllm.gpu_memory_utilization 0.5`` or ``--rollout.vllm_server.servers '[...]'``."""
-
-    plugin_registry: ClassVar[Registry] = ROLLOUT_BACKENDS
-    plugin_field: ClassVar[str] = "backend"
-    plugin_section: ClassVar[str] = "rollout"
 
     backend: str = Field("transformers", description="who generates rollouts (a registered rollout backend: "
                                                      "transformers, vllm, vllm_server, or yours; its settings: "
@@ -162,19 +158,9 @@ class RolloutConfig(PluginSection):
     def _old_keys(cls, data: Any) -> Any:
         return moved_keys(data, "rollout")
 
-    @field_validator("backend")
-    @classmethod
-    def _backend_exists(cls, v: str) -> str:
-        return _known(v, ROLLOUT_BACKENDS)
-
-
-class TeacherConfig(PluginSection):
+class TeacherConfig(PluginSection, registry=TEACHERS, field="name", section="feedback.teacher"):
     """``[feedback.teacher]``: ``name`` and ``[feedback.teacher.<name>]`` tables of a registered
     teacher's own settings; a plain string is the name (``--feedback.teacher openai``)."""
-
-    plugin_registry: ClassVar[Registry] = TEACHERS
-    plugin_field: ClassVar[str] = "name"
-    plugin_section: ClassVar[str] = "feedback.teacher"
 
     name: str = Field("policy", description="who writes model feedback: 'policy' (the policy itself with the "
                                             "teacher weights), 'openai' (an OpenAI-compatible API), or yours; its "
@@ -184,12 +170,6 @@ class TeacherConfig(PluginSection):
     @classmethod
     def _name_alone(cls, data: Any) -> Any:
         return {"name": data} if isinstance(data, str) else data
-
-    @field_validator("name")
-    @classmethod
-    def _teacher_exists(cls, v: str) -> str:
-        return _known(v, TEACHERS)
-
 
 class FeedbackConfig(_Section):
     """Besides the fields, ``[feedback.<name>]`` sub-sections give a registered source's or selector's

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_validator
 
 from agentgym.config_help import format_errors
-from agentgym.plugins import Registry, settings_class, suggest
+from agentgym.plugins import Registry, UnknownPluginError, settings_class, suggest
 
 __all__ = ["PluginSection", "settings_of", "moved_keys", "MOVED"]
 
@@ -42,22 +42,31 @@ class PluginSection(BaseModel):
 
     model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
     plugin_registry: ClassVar[Registry]
-    plugin_field: ClassVar[str]
-    plugin_section: ClassVar[str]
+    plugin_field: ClassVar[str]  # the field that names the chosen plugin
+    plugin_section: ClassVar[str]  # the section's dotted name, for messages
     _settings: Any = PrivateAttr(default=None)
+
+    def __init_subclass__(cls, registry: Registry | None = None, field: str = "name", section: str = "",
+                          **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if registry is not None:  # class RolloutConfig(PluginSection, registry=..., field=..., section=...)
+            cls.plugin_registry, cls.plugin_field, cls.plugin_section = registry, field, section
 
     @model_validator(mode="after")
     def _plugin_settings(self) -> "PluginSection":
         registry, where = self.plugin_registry, self.plugin_section
         chosen, fields = getattr(self, self.plugin_field), sorted(type(self).model_fields)
+        try:
+            registry.check(chosen)
+        except UnknownPluginError as exc:
+            raise ValueError(f"{where}.{self.plugin_field}: {exc}") from None
         tables = dict(self.model_extra or {})
         for key in tables:
             if key not in registry:
                 raise ValueError(f"{where}.{key}: unknown key in [{where}]{suggest(key, fields + registry.names())}; "
                                  f"[{where}] takes {fields} and [{where}.<{registry.kind}>] settings of "
                                  f"{', '.join(registry.names())}")
-        if chosen in registry:  # else a plugin given to Trainer(...) as an object
-            tables.setdefault(chosen, {})
+        tables.setdefault(chosen, {})
         settings = {}
         for name, table in tables.items():
             try:
