@@ -55,10 +55,10 @@ import torch
 
 import agentgym  # noqa: F401  (registers the envs)
 from agentgym.agents import SamplingParams, TransformersPolicy
+from agentgym.agents.teachers import TeacherPolicy
 from agentgym.config import load_config
 from agentgym.feedback import make_selector, make_source
 from agentgym.learners import Batch, make_learner
-from agentgym.agents.teachers import TeacherPolicy
 from agentgym.rollout import rollout
 from agentgym.train import load_model
 

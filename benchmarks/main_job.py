@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tabulate", nargs="+", default=None, metavar="RUN_DIR",
                     help="print the table of finished runs (seed i = the i-th folder) instead of training")
     ap.add_argument("--smoke", action="store_true", help="seconds-long check: one seed of the same run with the "
-                    "tiny model, one update, 2 held-out tasks, 8 new tokens (what the test suite runs)")
+                    "tiny model, one update, 2 tasks per evaluation, 8 new tokens (what the test suite runs)")
     ap.add_argument("extra", nargs="*", help="further `agentgym train` overrides (after --)")
     args = ap.parse_args(argv)
     if args.smoke:
