@@ -39,9 +39,10 @@ from agentgym.feedback.selectors import (SELECTORS, Cap, Dense, FirstDivergence,
                                          HindsightMulti, HindsightSingle, Intersection, LastStep, Selector, Union,
                                          make_selector, register_selector)
 from agentgym.feedback.base import CombinedSource, FeedbackSource, by_step, groups_of, make_source, register_source
-from agentgym.feedback.sources import (SOURCES, FutureTrajectorySource, ImmediateSource, LLMHindsightSource,
-                                       LLMJudgeSource, LLMStepHintSource, NextObservationSource,
-                                       ReferenceHindsightSource, ReferenceSource, SuccessfulSiblingSource)
+from agentgym.feedback.sources import (FutureTrajectorySource, ImmediateSource, LLMHindsightSource, LLMJudgeSource,
+                                       LLMStepHintSource, NextObservationSource, ReferenceHindsightSource,
+                                       ReferenceSource, SuccessfulSiblingSource)
+from agentgym.plugins import SOURCES
 from agentgym.feedback.anchors import AnchorSource
 
 

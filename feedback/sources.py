@@ -16,8 +16,9 @@ tokens, unparsable answers, ...) accumulate in ``source.stats``.
 Rule-based: ``immediate``, ``next_observation``, ``future_trajectory``, ``successful_sibling``,
 ``reference``, ``reference_hindsight``, ``anchor`` (see ``agentgym.feedback.anchors``).
 Model-based (take a ``Policy``): ``llm_judge``, ``llm_step_hint`` (dense: one call per step),
-``llm_hindsight`` (HINT-SD; ``variant="multi"`` or ``"single"``). ``CombinedSource`` concatenates
-several. Wording: ``agentgym.feedback.prompts``.
+``llm_hindsight`` (HINT-SD; ``variant="multi"`` or ``"single"``). The ``FeedbackSource`` interface,
+``CombinedSource`` (several, concatenated) and the registry helpers are in ``agentgym.feedback.base``.
+Wording: ``agentgym.feedback.prompts``.
 """
 
 from __future__ import annotations
@@ -30,19 +31,15 @@ from typing import Any, ClassVar, Sequence
 from agentgym.agents.base import SamplingParams
 from agentgym.types import Feedback, FeedbackKind, Trajectory
 
-# The interface and the registry helpers live in feedback/base.py; re-exported here for older importers.
-from agentgym.feedback.base import (CombinedSource, FeedbackSource, accepted_options, by_step,  # noqa: F401
-                                    check_options, groups_of, make_source, register_source)
+from agentgym.feedback.base import FeedbackSource, groups_of
 from agentgym.feedback.parsing import parse_hindsight
-from agentgym.plugins import SOURCES
 from agentgym.feedback.prompts import Prompts
 from agentgym.feedback.reference import describe_divergence, first_divergence, reference_of
 from agentgym.feedback.render import clip, render_trajectory, step_output, task_text
 
-__all__ = ["FeedbackSource", "ImmediateSource", "NextObservationSource", "FutureTrajectorySource",
-           "SuccessfulSiblingSource", "ReferenceSource", "ReferenceHindsightSource", "LLMSource",
-           "LLMJudgeSource", "LLMStepHintSource", "LLMHindsightSource", "CombinedSource", "SOURCES",
-           "make_source", "groups_of", "by_step"]
+__all__ = ["ImmediateSource", "NextObservationSource", "FutureTrajectorySource", "SuccessfulSiblingSource",
+           "ReferenceSource", "ReferenceHindsightSource", "LLMSource", "LLMJudgeSource", "LLMStepHintSource",
+           "LLMHindsightSource"]
 
 
 # ------------------------------------------------------------------------------ rule-based sources
