@@ -9,7 +9,8 @@ import pytest
 
 from agentgym.agents.scripted import ScriptedPolicy
 from agentgym.envs.echo.env import EchoEnv
-from agentgym.rollout import RolloutRunner, close_idle_envs, idle_envs
+from agentgym.envshelf import close_idle_envs, idle_envs
+from agentgym.rollout import RolloutRunner
 
 ENV = "agentgym-test/CountedEcho-v0"
 

@@ -11,9 +11,9 @@ import agentgym
 from agentgym.agents.scripted import ScriptedPolicy, by_turn
 from agentgym.env import AgentEnv, EnvReply, EnvReset
 from agentgym.envs.echo.env import EchoEnv
-from agentgym.rollout import RolloutRunner, episode_tokens, rollout
+from agentgym.rollout import RolloutRunner, rollout
 from agentgym.store import read_trajectories
-from agentgym.types import Message
+from agentgym.types import Message, episode_tokens
 
 
 class FlakyEnv(EchoEnv):

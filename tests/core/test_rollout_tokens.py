@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 import agentgym
 from agentgym.env import AgentEnv, EnvReply, EnvReset
 from agentgym.envspec import EnvDefaults
-from agentgym.rollout import episode_tokens, rollout
-from agentgym.types import Message
+from agentgym.rollout import rollout
+from agentgym.types import Message, episode_tokens
 
 ENV_ID = "agentgym-test/ScriptedChat-v0"
 
