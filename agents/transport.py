@@ -1,20 +1,22 @@
-"""The one HTTP transport of the OpenAI-compatible clients (``OpenAIPolicy`` through the ``openai``
-client, ``VLLMServerPolicy`` directly):
+"""The one HTTP transport of the OpenAI-compatible clients (``OpenAIPolicy``: chat completions;
+``VLLMServerPolicy``: completions, model lists, weight pushes; ``launch_vllm_server``: ``/health``):
 
 - one deadline for the whole request: connect, send, the status line, the headers and the whole
   body. Every socket connect / read / write is bounded by what is left of it (``deadline_client``),
   so a server that drips one byte at a time cannot hold a request past it;
-- retries of transient failures (connection errors, the deadline, HTTP 429 and 5xx) with
-  exponential back-off, honouring ``Retry-After`` / ``retry-after-ms`` (a value that is not a
-  finite, non-negative number of seconds or an HTTP date is ignored; capped by
-  ``max_retry_after``); other 4xx are not retried;
+- retries of transient failures (connection errors, the deadline, HTTP 429 and 5xx, and with
+  ``retry_unusable`` a response that cannot be used) with exponential back-off, honouring
+  ``Retry-After`` / ``retry-after-ms`` (a value that is not a finite, non-negative number of seconds
+  or an HTTP date is ignored; capped by ``max_retry_after``); other 4xx are not retried;
 - a cap on the response size (``max_bytes``; the declared ``Content-Length`` is checked before
   the body is read, and the body is counted as it arrives, decompressed);
-- a typed response: the JSON body validated with a pydantic model, a failure being one line that
-  names the server, the endpoint and the field (``choices[0].token_ids[3]: ...``).
+- a typed response: the JSON body validated with a pydantic model (then ``convert``), a failure
+  being one line that names the server, the endpoint and the field (``choices[0].token_ids[3]: ...``).
 
-Every failure is a ``ServerError`` (a ``PolicyError``): ``status`` is the HTTP status when the
-server answered, ``transient`` whether it was retried.
+Every failure is a ``ServerError`` (a ``PolicyError``), typed by what failed (``DeadlineExceeded``,
+``TransportError``, ``MalformedResponseError``, ``RateLimitError``, ``InternalServerError``):
+``status`` is the HTTP status when the server answered, ``transient`` whether it was retried,
+``tries`` how many tries were made.
 """
 
 from __future__ import annotations
