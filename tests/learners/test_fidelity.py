@@ -20,7 +20,8 @@ import torch
 from pydantic import ValidationError
 
 from agentgym.learners import Batch, make_learner
-from agentgym.learners.base import DistillSettings, LearnerSettings, action_log_probs
+from agentgym.learners.samples import action_log_probs
+from agentgym.learners.settings import DistillSettings, LearnerSettings
 from agentgym.learners.losses import divergence, group_advantages, topk_tail
 from agentgym.types import Message, Step, Target, Trajectory
 

@@ -123,7 +123,7 @@ def test_singleton_anchor_groups_get_step_advantage_zero_and_leave_grpo():
     group = [t.model_copy(update={"messages": [Message(role="user", content=f"task {i}")]}) for i, t in enumerate(group)]
     adv = gigpo_advantages(group, mode="mean_std_norm")
     assert adv.step == [[0.0, 0.0], [0.0], [0.0, 0.0, 0.0]]
-    from agentgym.learners.base import Sample
+    from agentgym.learners.samples import Sample
     samples = [Sample(traj=i, step=k, context=[], action=[], reward=t.final_reward, group=t.group_id)
                for i, t in enumerate(group) for k in range(len(t.steps))]
     grpo = [s.advantage for s in assign_group_advantages(samples)]

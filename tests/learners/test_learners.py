@@ -6,7 +6,7 @@ import torch
 
 from agentgym.feedback import make_selector, make_source
 from agentgym.learners import Batch, make_learner
-from agentgym.learners.base import action_log_probs
+from agentgym.learners.samples import action_log_probs
 from agentgym.agents.teachers import AppendedTurn
 from agentgym.types import Target
 

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from agentgym.learners.base import Sample, TeacherWeights, plan_micro_batches
+from agentgym.agents.teachers import TeacherWeights
+from agentgym.learners.samples import Sample, plan_micro_batches
 from agentgym.learners.grpo import assign_group_advantages
 from agentgym.learners.losses import divergence, group_advantages, ppo_token_loss, topk_tail
 from agentgym.learners.serl import serl_lambda, serl_weights
