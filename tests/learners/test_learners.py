@@ -219,3 +219,36 @@ def test_gradient_checkpointing_gives_the_same_update(tokenizer, echo_batch):
     assert loss_a > 0 and loss_b == pytest.approx(loss_a, rel=1e-5)
     assert all(torch.allclose(w_a[n], w_b[n], atol=1e-6) for n in w_a)
     assert any(not torch.equal(w_a[n], torch.zeros_like(w_a[n])) for n in w_a if "lora_B" in n)  # it trained
+
+
+def test_the_engine_owns_the_learning_rate_and_the_teacher_weights_a_teacher_policy_generates_with(
+        lora_model, tokenizer, echo_batch):
+    """The trainer sets the schedule's lr through ``Engine.set_lr``; ``TeacherPolicy`` generates through the
+    declared ``TeacherWeightsHost`` interface with the teacher's weights swapped in, and the student's back after."""
+    from agentgym.agents.teachers import TeacherPolicy
+    fb = make_source("immediate").annotate(echo_batch)
+    targets = [make_selector("first_error")(t, f) for t, f in zip(echo_batch, fb)]
+    learner = make_learner("hint_sd", lora_model, tokenizer, dict(lr=1e-2, teacher="fixed", topk=20))
+    with torch.no_grad():
+        for n, p in learner.teacher_weights.params.items():
+            p.add_(0.5)  # a teacher that differs from the student
+    before = _trainable(lora_model)
+    learner.engine.set_lr(0.0)
+    m = learner.update(Batch(echo_batch, targets))
+    assert m["loss"] > 0 and m["grad_norm"] > 0 and learner.updates == 1
+    assert all(torch.equal(before[n], p) for n, p in _trainable(lora_model).items())  # lr 0: a step that moves nothing
+    learner.engine.set_lr(1e-2)
+    learner.update(Batch(echo_batch, targets))
+    student = _trainable(lora_model)
+    assert any(not torch.equal(before[n], student[n]) for n in student)
+    teacher = {n: t.clone() for n, t in learner.teacher_weights.params.items()}
+
+    class WeightsSeen:  # a policy reporting the weights that the served model generates with
+        renderer, name = None, "seen"
+
+        def generate(self, conversations, tools=None, sampling=None, *, prompt_ids=None):
+            return [_trainable(learner.engine.served)]
+
+    [seen] = TeacherPolicy(WeightsSeen(), learner.engine).generate([[]])
+    assert teacher and all(torch.equal(seen[n], teacher[n]) for n in teacher)
+    assert all(torch.equal(student[n], p) for n, p in _trainable(lora_model).items())  # the student's are back
