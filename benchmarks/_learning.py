@@ -16,7 +16,7 @@ import torch
 
 from agentgym import Trainer
 from agentgym.config import _merge
-from agentgym.train import PRESETS
+from agentgym.presets import PRESETS
 
 
 def demo_config(env_id: str, learner: str, overrides: dict[str, Any]) -> dict[str, Any]:

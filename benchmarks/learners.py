@@ -59,8 +59,8 @@ from agentgym.agents.teachers import TeacherPolicy
 from agentgym.config import load_config
 from agentgym.feedback import make_selector, make_source
 from agentgym.learners import Batch, make_learner
+from agentgym.model_loading import load_model
 from agentgym.rollout import rollout
-from agentgym.train import load_model
 
 LEARNERS = ("dense_sd", "hint_sd", "grpo", "serl")
 CLAIM = 2.26
