@@ -24,6 +24,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from agentgym.paths import data_dir
+
 __all__ = ["token_char_offsets", "char_span", "load_tokenizer", "MAX_PREFIX_DECODE_TOKENS"]
 
 # Prefix decoding costs O(n^2) characters; beyond this many action tokens the report falls back to
@@ -129,14 +131,13 @@ def load_tokenizer(name: str | os.PathLike | None) -> tuple[Any, str]:
     if not name:
         return None, "no model named in the run's config or summary"
     try:
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # optional: the report renders without a tokenizer
     except ImportError as exc:
         return None, f"transformers is not importable ({exc})"
     source = str(name)
     if not Path(source).is_dir():
         # Built-in models live in the data dir under their builder's folder name, which is also
         # the display name `agentgym train` writes to summary.json (modulo case).
-        from agentgym.paths import data_dir
         built = {"tiny": "tiny-qwen2-chat", "smollm2": "smollm2-135m-instruct"}
         for folder in (built.get(source), source, source.lower()):
             if folder and "/" not in folder and (data_dir("models") / folder / "BUILD.json").is_file():

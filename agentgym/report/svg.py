@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any, Sequence
 
+from agentgym.stats import estimate
+
 __all__ = ["Series", "line_chart", "metric_series", "plottable", "CURVE_METRICS", "BANDS", "PALETTE", "PLOT_LIMIT"]
 
 CURVE_METRICS = ("success_rate", "reward_mean", "reference_logprob", "loss", "distilled_token_fraction", "teacher_calls")
@@ -105,7 +107,6 @@ def _band_of(values: Any) -> tuple[float, float] | None:
     xs = [y for y in map(plottable, list(values.values())[:100_000]) if y is not None]
     if len(xs) < 2:
         return None
-    from agentgym.evaluation import estimate
     e = estimate(xs, over="tasks")
     return (e.low, e.high) if plottable(e.low) is not None and plottable(e.high) is not None else None
 
