@@ -21,6 +21,7 @@ from agentgym.cli import main as cli_main
 from agentgym.env import AgentEnv, EnvReply, EnvReset
 from agentgym.evaluation import EvalSettings, _eval_config, compare_table, eval_main
 from agentgym.presets import DEMO_EVAL_TASKS, cli_config
+from agentgym.stats import estimate
 from agentgym.tasks import task_lists
 from agentgym.types import Message
 
@@ -90,7 +91,6 @@ def test_compare_pairs_the_reference_logprob_by_task():
     after = {"t1": -2.89, "t2": -1.90, "t3": -0.91}
 
     def summary(ref):
-        from agentgym.evaluation import estimate
         return {"env_id": "agentgym/Echo-v0", "reference_logprob": estimate(ref.values(), over="tasks").as_dict(),
                 "reference_logprobs": ref}
     table = compare_table([("a", summary(before)), ("b", summary(after))])

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from agentgym.evaluation import (Estimate, Outcome, aggregate, difference, estimate, eval_main, pass_at_k, pass_hat_k,
-                                 seed_record, t_quantile)
+from agentgym.evaluation import eval_main
+from agentgym.stats import (Estimate, Outcome, aggregate, difference, estimate, pass_at_k, pass_hat_k, seed_record,
+                            t_quantile)
+from agentgym.tasks import reference_logprob_of
 from agentgym.train import main as train_main
 
 
@@ -225,7 +227,6 @@ def test_eval_of_an_openai_compatible_model_reads_the_key_from_the_environment(t
 
 def test_echo_with_references_gives_reference_hindsight_and_the_held_out_log_prob(tiny_tokenizer):
     from agentgym.agents.scripted import ScriptedPolicy
-    from agentgym.evaluation import reference_logprob_of
     from agentgym.feedback import make_source
     from agentgym.rollout import rollout
     policy = ScriptedPolicy(lambda conv: "banana", tiny_tokenizer)

@@ -23,7 +23,7 @@ CONFIG = {
 CHILD = r"""
 import json, sys
 from agentgym.config import load_config
-from agentgym.train import Trainer
+from agentgym.trainer import Trainer
 Trainer(load_config(["--train.run_dir", sys.argv[1]], base=json.loads(sys.argv[2]))).run()
 """
 
@@ -33,7 +33,7 @@ def _summary(run: Path) -> dict:
 
 
 def test_a_resumed_run_keeps_the_probe_before_training_and_every_update_time(tmp_path):
-    from agentgym.train import Trainer
+    from agentgym.trainer import Trainer
     whole = tmp_path / "whole"
     Trainer(load_config(["--train.run_dir", str(whole)], base=CONFIG)).run()
     expected = _summary(whole)

@@ -28,7 +28,7 @@ ECHO = {
 
 
 def _trainer(run_dir, *overrides):
-    from agentgym.train import Trainer
+    from agentgym.trainer import Trainer
     cfg = load_config(["--train.run_dir", str(run_dir), *overrides], base=ECHO)
     return Trainer(cfg)
 
@@ -95,7 +95,7 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
 WORKER = r'''
 import json, sys, torch, torch.distributed as dist
 from agentgym.config import load_config
-from agentgym.train import Trainer
+from agentgym.trainer import Trainer
 base = json.loads(sys.argv[2])
 cfg = load_config(["--train.run_dir", sys.argv[1]], base=base)
 t = Trainer(cfg)
