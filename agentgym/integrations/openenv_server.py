@@ -67,7 +67,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import gymnasium as gym
-from fastapi import Request
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
@@ -82,6 +85,7 @@ from agentgym.envspec import check_env_id
 from agentgym.integrations.openenv_sessions import (DEFAULT_MAX_BODY_BYTES, IDLE_CLOSE_CODE, MAX_MESSAGE_DEPTH, _error,
                                                     _one_line, _Open, _Sessions, _SessionGuard, parse_message)
 from agentgym.types import Feedback, Message, json_safe
+from agentgym.wrappers import make as make_env
 
 __all__ = ["AgentAction", "AgentObservation", "AgentToolObservation", "AgentState", "AgentGymEnvironment",
            "make_app", "render_tool_calls", "parse_message", "sessions_may_overlap", "MAX_TOOL_CALLS", "MAX_MESSAGE_DEPTH",
@@ -197,7 +201,7 @@ class AgentGymEnvironment(Environment):
             open_envs.reserve()  # counted before it is built: a slow build holds its slot
         try:
             with self._calls:
-                self.env = gym.make(env_id, **dict(env_kwargs or {}))
+                self.env = make_env(env_id, **dict(env_kwargs or {}))  # a plain env gets a deadline too
         except BaseException:
             if open_envs is not None:
                 open_envs.unreserve()
@@ -347,11 +351,6 @@ def make_app(env_id: str, *, env_kwargs: dict[str, Any] | None = None, max_sessi
     ``/state``, ``/schema``, ``/metadata``, ``/health``, ``/mcp``). ``app.state.agentgym_open``
     counts and closes the envs still open (at most ``max_sessions``, whatever holds them); the
     app's shutdown closes them all."""
-    from fastapi import FastAPI
-    from fastapi.concurrency import run_in_threadpool
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
-
     env_id = check_env_id(env_id)
     if not isinstance(max_sessions, int) or isinstance(max_sessions, bool) or max_sessions < 1:
         raise ValueError(f"max_sessions must be a positive int, got {max_sessions!r}")
@@ -366,6 +365,25 @@ def make_app(env_id: str, *, env_kwargs: dict[str, Any] | None = None, max_sessi
     # "production" leaves out openenv-core's /reset, /step and /state (each builds an env outside
     # any count, and an env error is a 500 with a traceback); the ones below replace them.
     server.register_routes(app, mode="production")
+    _stateless_routes(app, env_id, factory)
+
+    async def _close_open_envs() -> None:
+        closed = open_envs.close_all()
+        if closed:
+            log.info("closed %d env(s) still open at shutdown", closed)
+
+    app.router.on_shutdown.append(_close_open_envs)
+    app.add_middleware(_SessionGuard, max_body_bytes=max_body_bytes)
+
+    _error_handlers(app)
+    app.state.agentgym_open = open_envs
+    app.state.agentgym_server = server
+    app.state.agentgym_serial = call_lock is not None
+    return app
+
+
+def _stateless_routes(app: Any, env_id: str, factory: Any) -> None:
+    """``/metadata``, ``/state``, ``/reset`` and ``/step`` outside a session, in place of openenv-core's."""
     metadata = _metadata(env_id)
     app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != "/metadata"]
 
@@ -412,14 +430,9 @@ def make_app(env_id: str, *, env_kwargs: dict[str, Any] | None = None, max_sessi
         return _error(409, "no episode in progress: a stateless /step has no episode to step; open a WebSocket "
                            "session (/ws) and send reset, then step", "NO_EPISODE")
 
-    async def _close_open_envs() -> None:
-        closed = open_envs.close_all()
-        if closed:
-            log.info("closed %d env(s) still open at shutdown", closed)
 
-    app.router.on_shutdown.append(_close_open_envs)
-    app.add_middleware(_SessionGuard, max_body_bytes=max_body_bytes)
-
+def _error_handlers(app: Any) -> None:
+    """One-line JSON errors for a malformed request and for a server at capacity."""
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Any, exc: RequestValidationError) -> Any:
         # FastAPI's own handler fails (500) on a body that is not UTF-8: the errors hold its bytes
@@ -428,11 +441,6 @@ def make_app(env_id: str, *, env_kwargs: dict[str, Any] | None = None, max_sessi
     @app.exception_handler(SessionCapacityError)
     async def _at_capacity(request: Any, exc: SessionCapacityError) -> Any:
         return _error(503, str(exc), "CAPACITY_REACHED")
-
-    app.state.agentgym_open = open_envs
-    app.state.agentgym_server = server
-    app.state.agentgym_serial = call_lock is not None
-    return app
 
 
 def _env_class(env_id: str) -> Any:

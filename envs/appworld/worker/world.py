@@ -114,21 +114,40 @@ def _save(model, rows: list[dict]):
     return objects
 
 
+def _ago(days: int, hours: int = 0) -> datetime:
+    return WORLD_DATETIME - timedelta(days=days, hours=hours)
+
+
 def build_base_world(models, seed: int, num_people: int = 36) -> dict:
     """Fill an empty ModelCollection (every app, created tables) and return the world manifest.
 
     The manifest (people with passwords, ids of the generated records) is what task generators
-    read to pick realistic task parameters.
+    read to pick realistic task parameters. One ``rng`` feeds the apps in a fixed order, so a seed
+    always builds the same world.
     """
     rng = random.Random(seed)
     people = make_people(rng, num_people)
-    now = WORLD_DATETIME
+    friends = _fill_admin(models.admin, people, rng)
+    _fill_accounts(models, people)
+    _fill_notes(models.simple_note, people, rng)
+    _fill_todoist(models.todoist, people, rng)
+    _fill_venmo(models.venmo, people, friends, rng)
+    _fill_phone(models.phone, people, friends, rng)
+    _fill_spotify(models.spotify, people, rng)
+    members = _fill_splitwise(models.splitwise, num_people, rng)
+    _fill_files(models.file_system, people)
+    return {
+        "seed": seed,
+        "datetime": WORLD_DATETIME.isoformat(),
+        "people": [p.as_dict() for p in people],
+        "friends": {str(i): sorted(js) for i, js in friends.items()},
+        "splitwise_groups": [{"name": GROUP_NAMES[g], "members": ms} for g, ms in enumerate(members)],
+        "artists": [n for n, _ in ARTISTS],
+    }
 
-    def ago(days: int, hours: int = 0) -> datetime:
-        return now - timedelta(days=days, hours=hours)
 
-    # ---- admin: the people, their passwords and cards
-    admin = models.admin
+def _fill_admin(admin, people: list, rng: random.Random) -> dict[int, set[int]]:
+    """The people, their passwords, cards and friendships; returns index -> friends' indexes."""
     _save(admin.MainUser, [dict(first_name=p.first_name, last_name=p.last_name, email=p.email,
                                 phone_number=p.phone_number, birthday=p.birthday, sex=p.sex)
                            for p in people])
@@ -145,37 +164,42 @@ def build_base_world(models, seed: int, num_people: int = 36) -> dict:
                 friends[q.index].add(p.index)
     _save(admin.Friendship, [dict(main_user_id=i + 1, friend_id=j + 1)
                              for i, js in friends.items() for j in sorted(js)])
+    return friends
 
-    # ---- one verified account per person per app (ids follow the people order)
+
+def _fill_accounts(models, people: list) -> None:
+    """One verified account per person per app (ids follow the people order)."""
     for app in APPS_WITH_EMAIL_USERS:
         user = models[app].User
         _save(user, [dict(first_name=p.first_name, last_name=p.last_name, email=p.email,
-                          password=p.passwords[app], verified=True, created_at=ago(400))
+                          password=p.passwords[app], verified=True, created_at=_ago(400))
                      if "verified" in user.__fields__ else
                      dict(first_name=p.first_name, last_name=p.last_name, email=p.email,
-                          password=p.passwords[app], created_at=ago(400))
+                          password=p.passwords[app], created_at=_ago(400))
                      for p in people])
     _save(models.phone.User, [dict(first_name=p.first_name, last_name=p.last_name,
                                    phone_number=p.phone_number, password=p.passwords["phone"],
-                                   created_at=ago(400)) for p in people])
+                                   created_at=_ago(400)) for p in people])
 
-    # ---- simple_note
+
+def _fill_notes(simple_note, people: list, rng: random.Random) -> None:
     notes = []
     for p in people:
         for title, content, tags in rng.sample(NOTE_SEEDS, rng.randint(3, 6)):
             notes.append(dict(user_id=p.index + 1, title=title, content=content,
-                              tags=list(tags), created_at=ago(rng.randint(2, 90)),
-                              updated_at=ago(1), pinned=rng.random() < 0.2))
-    _save(models.simple_note.Note, notes)
+                              tags=list(tags), created_at=_ago(rng.randint(2, 90)),
+                              updated_at=_ago(1), pinned=rng.random() < 0.2))
+    _save(simple_note.Note, notes)
 
-    # ---- todoist: an inbox and two projects per person, each with tasks
-    todoist = models.todoist
+
+def _fill_todoist(todoist, people: list, rng: random.Random) -> None:
+    """An inbox and two projects per person, each with tasks."""
     projects, project_owner = [], []
     for p in people:
         names = ["Inbox", *rng.sample(PROJECT_NAMES, 2)]
         for name in names:
             projects.append(dict(user_id=p.index + 1, name=name, is_inbox=name == "Inbox",
-                                 color="blue", created_at=ago(200)))
+                                 color="blue", created_at=_ago(200)))
             project_owner.append(p.index)
     _save(todoist.Project, projects)
     _save(todoist.ProjectCollaboratorLink, [dict(project_id=i + 1, user_id=owner + 1)
@@ -185,12 +209,13 @@ def build_base_world(models, seed: int, num_people: int = 36) -> dict:
         for order, title in enumerate(rng.sample(TASK_TITLES, rng.randint(2, 5))):
             tasks.append(dict(project_id=i + 1, user_id=owner + 1, title=title,
                               priority=rng.choice(["high", "medium", "low"]), order_index=order,
-                              is_completed=rng.random() < 0.25, created_at=ago(rng.randint(3, 60)),
-                              due_date=now + timedelta(days=rng.randint(-5, 30))))
+                              is_completed=rng.random() < 0.25, created_at=_ago(rng.randint(3, 60)),
+                              due_date=WORLD_DATETIME + timedelta(days=rng.randint(-5, 30))))
     _save(todoist.Task, tasks)
 
-    # ---- venmo: balances, friendships mirroring the people's friendships, payments
-    venmo = models.venmo
+
+def _fill_venmo(venmo, people: list, friends: dict[int, set[int]], rng: random.Random) -> None:
+    """Balances, friendships mirroring the people's friendships, payments."""
     for user in venmo.User.all():
         user.venmo_balance = round(rng.uniform(50, 900), 2)
         user.save()
@@ -202,12 +227,13 @@ def build_base_world(models, seed: int, num_people: int = 36) -> dict:
             transactions.append(dict(sender_id=p.index + 1, receiver_id=j + 1,
                                      amount=float(rng.randint(5, 120)),
                                      description=rng.choice(VENMO_NOTES),
-                                     created_at=ago(rng.randint(1, 45)),
-                                     updated_at=ago(1), private=False))
+                                     created_at=_ago(rng.randint(1, 45)),
+                                     updated_at=_ago(1), private=False))
     _save(venmo.Transaction, transactions)
 
-    # ---- phone: contacts of friends, a few text messages
-    phone = models.phone
+
+def _fill_phone(phone, people: list, friends: dict[int, set[int]], rng: random.Random) -> None:
+    """Contacts of friends, a few text messages."""
     contacts = []
     for p in people:
         for j in sorted(friends[p.index]):
@@ -215,54 +241,56 @@ def build_base_world(models, seed: int, num_people: int = 36) -> dict:
             contacts.append(dict(user_id=p.index + 1, first_name=q.first_name, last_name=q.last_name,
                                  email=q.email, phone_number=q.phone_number,
                                  relationships=[rng.choice(["friend", "coworker", "sibling", "roommate"])],
-                                 birthday=q.birthday, created_at=ago(300)))
+                                 birthday=q.birthday, created_at=_ago(300)))
     _save(phone.Contact, contacts)
     texts = []
     for p in people:
         for j in rng.sample(sorted(friends[p.index]), 2):
             texts.append(dict(sender_id=p.index + 1, receiver_id=j + 1, message=rng.choice(TEXTS),
-                              created_at=ago(rng.randint(0, 20), rng.randint(0, 23))))
+                              created_at=_ago(rng.randint(0, 20), rng.randint(0, 23))))
     global_texts = _save(phone.GlobalTextMessage, texts)
     _save(phone.UserTextMessage,
           [dict(global_text_message_id=m.id, user_id=uid, created_at=m.created_at)
            for m in global_texts for uid in (m.sender_id, m.receiver_id)])
 
-    # ---- spotify: artists, albums, songs; each person's library and a playlist
-    spotify = models.spotify
-    _save(spotify.Artist, [dict(name=n, genre=g, created_at=ago(900)) for n, g in ARTISTS])
+
+def _fill_spotify(spotify, people: list, rng: random.Random) -> None:
+    """Artists, albums, songs; each person's library and a playlist."""
+    _save(spotify.Artist, [dict(name=n, genre=g, created_at=_ago(900)) for n, g in ARTISTS])
     albums, songs = [], []
     titles = rng.sample([f"{a} {b}" for a in SONG_WORDS for b in SONG_NOUNS], 64)
     for a, (name, genre) in enumerate(ARTISTS):
         albums.append(dict(title=f"{titles[a]} Sessions", artist_ids=[a + 1], genre=genre,
-                           release_date=(now - timedelta(days=300 + 40 * a)).isoformat()))
+                           release_date=(WORLD_DATETIME - timedelta(days=300 + 40 * a)).isoformat()))
     _save(spotify.Album, albums)
     for s in range(56):
         a = s % len(ARTISTS)
         songs.append(dict(title=titles[8 + s], artist_ids=[a + 1], album_id=a + 1,
                           duration=rng.randint(150, 320), genre=ARTISTS[a][1],
-                          release_date=(now - timedelta(days=300 + 40 * a)).isoformat(),
+                          release_date=(WORLD_DATETIME - timedelta(days=300 + 40 * a)).isoformat(),
                           play_count=rng.randint(1000, 90000)))
     _save(spotify.Song, songs)
     library = []
     for p in people:
         for s in rng.sample(range(56), 10):
-            library.append(dict(user_id=p.index + 1, song_id=s + 1, created_at=ago(rng.randint(1, 200))))
+            library.append(dict(user_id=p.index + 1, song_id=s + 1, created_at=_ago(rng.randint(1, 200))))
     _save(spotify.UserLibrarySong, library)
     playlists = _save(spotify.Playlist, [dict(title=f"{p.first_name}'s Favorites", user_id=p.index + 1,
-                                              is_public=True, created_at=ago(100)) for p in people])
-    _save(spotify.PlaylistSong, [dict(playlist_id=pl.id, song_id=s + 1, added_at=ago(50))
+                                              is_public=True, created_at=_ago(100)) for p in people])
+    _save(spotify.PlaylistSong, [dict(playlist_id=pl.id, song_id=s + 1, added_at=_ago(50))
                                  for pl in playlists for s in rng.sample(range(56), 5)])
 
-    # ---- splitwise: groups of friends with shared expenses
-    splitwise = models.splitwise
+
+def _fill_splitwise(splitwise, num_people: int, rng: random.Random) -> list[list[int]]:
+    """Groups of friends with shared expenses; returns each group's member indexes."""
     groups, members = [], []
     for g, name in enumerate(GROUP_NAMES):
         member_idx = rng.sample(range(num_people), 5)
         groups.append(dict(user_id=member_idx[0] + 1, name=name, description=f"{name} expenses",
-                           created_at=ago(120)))
+                           created_at=_ago(120)))
         members.append(member_idx)
     _save(splitwise.Group, groups)
-    _save(splitwise.GroupMember, [dict(group_id=g + 1, user_id=m + 1, joined_at=ago(110))
+    _save(splitwise.GroupMember, [dict(group_id=g + 1, user_id=m + 1, joined_at=_ago(110))
                                   for g, ms in enumerate(members) for m in ms])
     expenses, shares = [], []
     for g, ms in enumerate(members):
@@ -273,30 +301,23 @@ def build_base_world(models, seed: int, num_people: int = 36) -> dict:
             expenses.append(dict(user_id=payer + 1, payer_id=payer + 1, amount=amount, group_id=g + 1,
                                  debtor_ids=[d + 1 for d in debtors],
                                  participant_ids=[m + 1 for m in ms],
-                                 description=rng.choice(EXPENSE_ITEMS), created_at=ago(rng.randint(2, 90))))
+                                 description=rng.choice(EXPENSE_ITEMS), created_at=_ago(rng.randint(2, 90))))
             shares.append([(d + 1, round(amount / len(ms), 2)) for d in debtors])
     saved = _save(splitwise.Expense, expenses)
     _save(splitwise.ExpenseShare, [dict(expense_id=e.id, debtor_id=d, share_amount=a)
                                    for e, sh in zip(saved, shares) for d, a in sh])
+    return members
 
-    # ---- file_system: a home directory with a documents folder and a file
-    fs = models.file_system
+
+def _fill_files(fs, people: list) -> None:
+    """A home directory with a documents folder and a file."""
     dirs = []
     for p in people:
         home = f"/home/{p.first_name.lower()}/"
-        dirs += [dict(path=home, user_id=p.index + 1, created_at=ago(400)),
-                 dict(path=home + "documents/", user_id=p.index + 1, created_at=ago(400)),
-                 dict(path=home + "photos/", user_id=p.index + 1, created_at=ago(400))]
+        dirs += [dict(path=home, user_id=p.index + 1, created_at=_ago(400)),
+                 dict(path=home + "documents/", user_id=p.index + 1, created_at=_ago(400)),
+                 dict(path=home + "photos/", user_id=p.index + 1, created_at=_ago(400))]
     _save(fs.Directory, dirs)
     _save(fs.File, [dict(path=f"/home/{p.first_name.lower()}/documents/resume.txt", user_id=p.index + 1,
-                         content=f"{p.name}\n{p.email}\nExperience: 8 years", created_at=ago(30))
+                         content=f"{p.name}\n{p.email}\nExperience: 8 years", created_at=_ago(30))
                     for p in people])
-
-    return {
-        "seed": seed,
-        "datetime": now.isoformat(),
-        "people": [p.as_dict() for p in people],
-        "friends": {str(i): sorted(js) for i, js in friends.items()},
-        "splitwise_groups": [{"name": GROUP_NAMES[g], "members": ms} for g, ms in enumerate(members)],
-        "artists": [n for n, _ in ARTISTS],
-    }
