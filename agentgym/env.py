@@ -11,7 +11,7 @@ limit (``truncated``), the chat history, the feedback step indices, coercion of 
 into error feedback, and the ``info`` dict. A malformed action is never an exception: the env
 answers with an observation and a ``Feedback(kind="error")`` and the episode goes on.
 
-Model text is hostile (see DESIGN.md, "Trust boundaries"), so ``step`` never raises on any text,
+Model text is hostile (see ARCHITECTURE.md, "Trust boundaries"), so ``step`` never raises on any text,
 and every step runs under a deadline, ``step_timeout_s`` (60 s by default; ``None`` disables it),
 enforced from outside the step by a watchdog (``StepWatchdog``, ``agentgym.deadline``: ``SIGALRM``
 on the main thread, an asynchronous ``StepTimeout`` on any other). A step that overruns ends the
@@ -42,7 +42,6 @@ code) run it in another process (AppWorld's sandbox), where a deadline can kill.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import string
 from dataclasses import dataclass, field
@@ -267,11 +266,3 @@ class AgentEnv(gym.Env[str, str]):
             return self._last_observation
         return None
 
-
-def __getattr__(name: str) -> Any:
-    # ``agentgym.env.EchoEnv`` (and the entry point "agentgym.env:EchoEnv") is the Echo env's old home,
-    # which tests of the serve and config modules and users' registrations still name; it lives in
-    # envs/echo/ now. Loaded on first use: the env package imports this module.
-    if name == "EchoEnv":
-        return importlib.import_module("agentgym.envs.echo.env").EchoEnv
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

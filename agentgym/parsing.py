@@ -18,7 +18,7 @@ Two syntaxes are understood, and ``AutoToolCallParser`` picks per reply:
 >>> parse("I cannot help with that.").attempted
 False
 
-Hostile text is bounded (DESIGN.md, "Trust boundaries"): replies longer than ``MAX_CALL_TEXT`` are
+Hostile text is bounded (ARCHITECTURE.md, "Trust boundaries"): replies longer than ``MAX_CALL_TEXT`` are
 refused before parsing; every scan is linear in the text (no backtracking regular expression runs
 over model text); argument values nest at most ``MAX_ARGUMENT_DEPTH`` deep, integers have at most
 ``MAX_INT_BITS`` bits, a reply holds at most ``MAX_CALLS`` calls and reports at most ``MAX_ERRORS``

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Sequence
 
 from agentgym.types import Message, ToolCall
 
-__all__ = ["SamplingParams", "Generation", "ScoreResult", "Policy", "PolicyError", "Conversation",
+__all__ = ["SamplingParams", "Generation", "ScoreResult", "Policy", "TokenPolicy", "PolicyError", "Conversation",
            "as_chat", "per_conversation", "derive_seed", "request_seeds"]
 
 Conversation = Sequence["Message | dict[str, Any]"]
@@ -113,6 +113,25 @@ class Policy(abc.ABC):
 
     def close(self) -> None:
         """Release engines, threads and connections (idempotent)."""
+
+
+class TokenPolicy(Policy):
+    """A policy that generates from prompt token ids: each conversation rendered once with the
+    policy's chat template, or the recorded ids of a continuation (token-exact), with one seed per
+    request (``request_seeds``). A subclass implements ``generate_ids`` only."""
+
+    def generate(self, conversations: Sequence[Conversation], tools: Any = None,
+                 sampling: SamplingParams | None = None, *,
+                 prompt_ids: Sequence[Sequence[int] | None] | None = None,
+                 seeds: Sequence[int | None] | None = None) -> list[Generation]:
+        sampling = sampling or SamplingParams()
+        row_seeds = request_seeds(sampling, len(conversations), seeds)
+        return self.generate_ids(request_prompts(self, conversations, tools, prompt_ids), sampling, row_seeds)
+
+    @abc.abstractmethod
+    def generate_ids(self, prompts: list[list[int]], sampling: SamplingParams,
+                     row_seeds: list[int | None]) -> list[Generation]:
+        """One ``Generation`` per prompt, sampled with ``sampling`` and the row's seed."""
 
 
 def derive_seed(*parts: Any) -> int:

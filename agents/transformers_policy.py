@@ -14,8 +14,7 @@ import contextlib
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from agentgym.agents.base import (Conversation, Generation, Policy, PolicyError, SamplingParams, ScoreResult,
-                                  request_prompts, request_seeds)
+from agentgym.agents.base import Generation, PolicyError, SamplingParams, ScoreResult, TokenPolicy
 from agentgym.agents.chat import ChatRenderer
 
 # torch / transformers / peft are imported in the methods that use them: heavy, and this module is in the
@@ -24,7 +23,7 @@ from agentgym.agents.chat import ChatRenderer
 __all__ = ["TransformersPolicy"]
 
 
-class TransformersPolicy(Policy):
+class TransformersPolicy(TokenPolicy):
     """Batched, left-padded generation with exact ids and log-probs; scoring with top-k + tail.
 
     ``model``: a folder / hub id (loaded offline) or a loaded ``PreTrainedModel``.
@@ -80,13 +79,8 @@ class TransformersPolicy(Policy):
         self.eos_token_ids = sorted(e for e in eos if e is not None)
 
     # ------------------------------------------------------------------ generation
-    def generate(self, conversations: Sequence[Conversation], tools: Any = None,
-                 sampling: SamplingParams | None = None, *,
-                 prompt_ids: Sequence[Sequence[int] | None] | None = None,
-                 seeds: Sequence[int | None] | None = None) -> list[Generation]:
-        sampling = sampling or SamplingParams()
-        row_seeds = request_seeds(sampling, len(conversations), seeds)
-        prompts = request_prompts(self, conversations, tools, prompt_ids)
+    def generate_ids(self, prompts: list[list[int]], sampling: SamplingParams,
+                     row_seeds: list[int | None]) -> list[Generation]:
         out: list[Generation] = []
         for start in range(0, len(prompts), self.batch_size):
             end = start + self.batch_size

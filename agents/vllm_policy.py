@@ -20,8 +20,7 @@ import shutil
 import tempfile
 from typing import Any, Sequence
 
-from agentgym.agents.base import (Conversation, Generation, Policy, PolicyError, SamplingParams, ScoreResult,
-                                  request_prompts, request_seeds)
+from agentgym.agents.base import Generation, PolicyError, SamplingParams, ScoreResult, TokenPolicy
 from agentgym.agents.chat import ChatRenderer
 
 __all__ = ["VLLMPolicy", "WeightSyncError", "require_vllm"]
@@ -53,7 +52,7 @@ def require_vllm() -> Any:
     return vllm
 
 
-class VLLMPolicy(Policy):
+class VLLMPolicy(TokenPolicy):
     token_level = True
 
     def __init__(self, model: str, *, tokenizer: Any = None, enable_lora: bool = False, max_lora_rank: int = 64,
@@ -94,15 +93,9 @@ class VLLMPolicy(Policy):
                                    top_k=sampling.top_k or -1, max_tokens=sampling.max_new_tokens,
                                    seed=seed, logprobs=0)
 
-    def generate(self, conversations: Sequence[Conversation], tools: Any = None,
-                 sampling: SamplingParams | None = None, *,
-                 prompt_ids: Sequence[Sequence[int] | None] | None = None,
-                 seeds: Sequence[int | None] | None = None) -> list[Generation]:
+    def generate_ids(self, prompts: list[list[int]], sampling: SamplingParams,
+                     row_seeds: list[int | None]) -> list[Generation]:
         from vllm.inputs import TokensPrompt
-
-        sampling = sampling or SamplingParams()
-        row_seeds = request_seeds(sampling, len(conversations), seeds)
-        prompts = request_prompts(self, conversations, tools, prompt_ids)
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts],
                                  [self._sampling(sampling, seed) for seed in row_seeds],
                                  lora_request=self._lora, use_tqdm=False)

@@ -56,8 +56,7 @@ from typing import Annotated, Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, StrictInt, StrictStr
 
-from agentgym.agents.base import (Conversation, Generation, Policy, SamplingParams, ScoreResult, request_prompts,
-                                  request_seeds)
+from agentgym.agents.base import Generation, SamplingParams, ScoreResult, TokenPolicy
 from agentgym.agents.chat import ChatRenderer
 from agentgym.agents.transport import DEFAULT_MAX_RESPONSE_BYTES, HTTPTransport, ServerError
 from agentgym.agents.vllm_launch import VLLMServerProcess, free_port, launch_vllm_server  # noqa: F401 - re-exported
@@ -146,7 +145,7 @@ def _vocab_size(tokenizer: Any) -> int:
     return size
 
 
-class VLLMServerPolicy(Policy):
+class VLLMServerPolicy(TokenPolicy):
     """Generation on one or more vLLM servers (see the module docstring).
 
     ``urls``: the servers' base URLs; ``model``: the name they serve the base model under (their
@@ -220,13 +219,8 @@ class VLLMServerPolicy(Policy):
         return names[0]
 
     # ------------------------------------------------------------------ generation
-    def generate(self, conversations: Sequence[Conversation], tools: Any = None,
-                 sampling: SamplingParams | None = None, *,
-                 prompt_ids: Sequence[Sequence[int] | None] | None = None,
-                 seeds: Sequence[int | None] | None = None) -> list[Generation]:
-        sampling = sampling or SamplingParams()
-        row_seeds = request_seeds(sampling, len(conversations), seeds)
-        prompts = request_prompts(self, conversations, tools, prompt_ids)
+    def generate_ids(self, prompts: list[list[int]], sampling: SamplingParams,
+                     row_seeds: list[int | None]) -> list[Generation]:
         with self._lock:
             start = next(self._rr)
             served, version = self.served, self.version

@@ -11,7 +11,7 @@ Two process-wide settings the math backend mutates (``mpmath.mp.dps`` and the ``
 context precision) are saved and restored around every call, so one episode cannot change the
 numbers of the next.
 
-Bounded on hostile calls (DESIGN.md, "Trust boundaries"): argument values are checked iteratively
+Bounded on hostile calls (ARCHITECTURE.md, "Trust boundaries"): argument values are checked iteratively
 (depth, integer size) before a call; the file system's ``cp`` copies a directory shallowly, so a
 ~1.5 KB reply of ``mkdir``/``cd``/``cp`` calls can make directories share contents until the tree,
 read as paths, has billions of entries. The recursive file-system methods (``find``, ``du``) are

@@ -98,7 +98,7 @@ def test_a_plugin_file_given_with_import_runs_once(tmp_path):
 POISON_PLUGIN = '''
 import os
 import gymnasium as gym
-from agentgym.env import EchoEnv
+from agentgym.envs.echo.env import EchoEnv
 
 
 def _only_in(pid):

@@ -20,20 +20,6 @@ from agentgym.rollout import RolloutRunner, rollout
 WORDS = list(EchoEnv.WORDS)
 
 
-class RaisingEnv(EchoEnv):
-    """Echo whose step raises for 'ember' and whose reset raises for 'stone'."""
-
-    def _reset(self, options):
-        if options.get("word") == "stone":
-            raise OSError("disk on fire")
-        return super()._reset(options)
-
-    def _step(self, action):
-        if self._word == "ember":
-            raise RuntimeError("backend crashed")
-        return super()._step(action)
-
-
 class SleepyEnv(EchoEnv):
     """Echo whose steps take 0.2 s of waiting (an env blocked on I/O or a simulator)."""
 
@@ -47,8 +33,8 @@ if "agentgym-test/PoolSleepy-v0" not in gym.registry:
                  disable_env_checker=True)
 
 if "agentgym-test/PoolRaising-v0" not in gym.registry:
-    # A string entry point: the spawned workers import this module to build the env.
-    gym.register(id="agentgym-test/PoolRaising-v0", entry_point="tests.core.test_envpool:RaisingEnv",
+    # A string entry point: the spawned workers import that module to build the env.
+    gym.register(id="agentgym-test/PoolRaising-v0", entry_point="tests.core.test_rollout:FlakyEnv",  # raises for ember / stone
                  disable_env_checker=True)
 
 

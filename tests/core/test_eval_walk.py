@@ -110,7 +110,7 @@ def test_data_help_is_help(capsys):
 
 def test_a_plugin_module_in_the_working_folder_imports_without_pythonpath(tmp_path):
     (tmp_path / "my_plugins.py").write_text("import gymnasium as gym\n"
-                                            "gym.register(id='my/Env-v0', entry_point='agentgym.env:EchoEnv')\n")
+                                            "gym.register(id='my/Env-v0', entry_point='agentgym.envs.echo.env:EchoEnv')\n")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([str(Path(sys.executable).parent / "agentgym"), "train", "--help", "--env.id",
                            "my_plugins:my/Env-v0", "--model.name", "tiny"], cwd=tmp_path, capture_output=True,

@@ -140,7 +140,7 @@ def test_an_env_id_in_gymnasium_module_form_imports_its_module(tmp_path):
     """``--env.id module:Env-v0`` imports the module first (gymnasium's convention)."""
     module = tmp_path / "my_plugin_env.py"
     module.write_text("import gymnasium as gym\n"
-                      "gym.register(id='myplugin/Echo-v0', entry_point='agentgym.env:EchoEnv', disable_env_checker=True)\n")
+                      "gym.register(id='myplugin/Echo-v0', entry_point='agentgym.envs.echo.env:EchoEnv', disable_env_checker=True)\n")
     import sys
     sys.path.insert(0, str(tmp_path))
     try:

@@ -183,7 +183,7 @@ def test_the_module_env_form_trains_end_to_end_without_pythonpath(tmp_path):
     """``agentgym train --env.id my_plugins:my/Env-v0`` from the folder that holds my_plugins.py."""
     (tmp_path / "my_plugins.py").write_text(
         "import gymnasium as gym\n"
-        "gym.register(id='my/Env-v0', entry_point='agentgym.env:EchoEnv', kwargs={'reference': True})\n")
+        "gym.register(id='my/Env-v0', entry_point='agentgym.envs.echo.env:EchoEnv', kwargs={'reference': True})\n")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([str(AGENTGYM), "train", "--env.id", "my_plugins:my/Env-v0", "--model.name", "tiny",
                            "--train.updates", "1", "--rollout.max_new_tokens", "4", "--train.progress", "false"],

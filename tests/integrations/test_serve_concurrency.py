@@ -21,7 +21,7 @@ from tests.integrations.conftest import Served  # noqa: E402
 
 OVERLAP_ENV = '''
 import threading, time, gymnasium as gym
-from agentgym.env import EchoEnv
+from agentgym.envs.echo.env import EchoEnv
 
 class Overlap(EchoEnv):
     """Echo whose step takes 0.2 s and answers how many steps of any instance ran at once (at most)."""

@@ -22,7 +22,7 @@ from tests.integrations.conftest import Served  # noqa: E402
 SLOW = "slowtest/SlowEcho-v0"
 SLOW_ENV = '''
 import time, gymnasium as gym
-from agentgym.env import EchoEnv
+from agentgym.envs.echo.env import EchoEnv
 
 class SlowEcho(EchoEnv):
     """Echo whose step takes a second when the action says "slow"."""
