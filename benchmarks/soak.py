@@ -214,7 +214,8 @@ def one(name: str, mode: str, episodes: int, chunk: int, concurrent: int) -> Non
             seconds = time.perf_counter() - started
             done += n
             failed += sum(1 for t in trajs if t.error)
-            row = {"episodes": done, "eps_per_s": n / seconds, "errors": failed, **sample()}
+            causes = sorted({t.error.splitlines()[0][:160] for t in trajs if t.error})[:3]
+            row = {"episodes": done, "eps_per_s": n / seconds, "errors": failed, "error_causes": causes, **sample()}
             print(json.dumps(row), flush=True)
     finally:
         close_idle_envs()
@@ -248,6 +249,8 @@ def run_row(name: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
                   f"{row['rss_children_mb']:7.1f} MB  held {row['held_mb']:6.1f} MB  fds {row['fds']:>4}  "
                   f"threads {row['threads']:>3}  children {row['children']:>2}  {row['eps_per_s']:7.1f} ep/s",
                   flush=True)
+            for cause in row.get("error_causes", []):
+                print(f"    env error: {cause}", flush=True)
     err = proc.stderr.read()
     rc = proc.wait()
     result = {"env": name, "mode": mode, "rc": rc, "chunks": chunks, "seconds": time.perf_counter() - started}
