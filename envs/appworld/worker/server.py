@@ -258,13 +258,18 @@ def make_handler(worker: Worker, token: str):
             given = self.headers.get("Authorization", "").encode(errors="replace")
             if hmac.compare_digest(given, expected):
                 return True
-            try:  # drain a small body so the client reads the refusal, not a reset
+            self._drain()
+            self._send(401, {"error": "missing or wrong token: this worker answers only the env that started it"})
+            return False
+
+        def _drain(self) -> None:
+            """Read (and drop) a small body before refusing a request, so the client, still sending
+            it, reads the answer instead of a broken pipe; the connection closes after."""
+            try:
                 self.rfile.read(min(max(int(self.headers.get("Content-Length", "0")), 0), 1 << 20))
             except (ValueError, OSError):
                 pass
             self.close_connection = True
-            self._send(401, {"error": "missing or wrong token: this worker answers only the env that started it"})
-            return False
 
         def _send(self, status: int, payload: dict) -> None:
             body = json.dumps(payload, default=str).encode()
@@ -288,6 +293,7 @@ def make_handler(worker: Worker, token: str):
                 return
             handler = routes.get(self.path)
             if handler is None:
+                self._drain()
                 self._send(404, {"error": f"no route POST {self.path} in {worker.mode} mode"})
                 return
             try:
