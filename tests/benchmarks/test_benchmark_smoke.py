@@ -102,13 +102,13 @@ CASES = [
         *[rf"^BFCL scripted, +{c} concurrent: steps/s +{NUM}  steps/s" for c in (1, 8, 64)],
         *[rf"^tiny transformers generate, batch {b} +{NUM}  tokens/s$" for b in (1, 8)]],
         marks=needs_alfworld, id="rollout"),
-    # slow: two AppWorld envs start their apps worker and grader (10-30 s each on 2 cores)
+    # the longest smoke (~20 s): two AppWorld envs start their apps worker and grader
     pytest.param(script, "appworld", [
         rf"^ +1 \| +{NUM} \| +{NUM} \| +1\.00x$",
         rf"^per-episode start-up: reset p50 \d+ ms, p95 \d+ ms; sandboxed process fork p50 {NUM} ms",
         r"^execute latency: p50 \d+ ms, p95 \d+ ms \(n=3\)$",
         *[rf"^ +{i} \| +\d+ \| +\d+ \| +\d+$" for i in (1, 2, 3)]],
-        marks=[pytest.mark.slow, needs_appworld], id="appworld"),
+        marks=needs_appworld, id="appworld"),
 ]
 
 
