@@ -29,6 +29,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -145,6 +146,13 @@ def sample() -> dict[str, float]:
 
 def slope(points: list[tuple[float, float]]) -> float | None:
     """Least-squares slope of (episodes, MB), in MB per 1,000 episodes; None with fewer than 2 points."""
+    fit = slope_and_interval(points)
+    return None if fit is None else fit[0]
+
+
+def slope_and_interval(points: list[tuple[float, float]]) -> tuple[float, float | None] | None:
+    """The least-squares slope (MB per 1,000 episodes) and the half-width of its 95 % interval
+    (normal approximation; None with fewer than 3 points): a slope inside its own noise is no trend."""
     if len(points) < 2:
         return None
     n = len(points)
@@ -153,7 +161,18 @@ def slope(points: list[tuple[float, float]]) -> float | None:
     var = sum((x - mx) ** 2 for x, _ in points)
     if var == 0:
         return None
-    return 1000 * sum((x - mx) * (y - my) for x, y in points) / var
+    b = sum((x - mx) * (y - my) for x, y in points) / var
+    if n < 3:
+        return 1000 * b, None
+    residual = sum((y - my - b * (x - mx)) ** 2 for x, y in points) / (n - 2)
+    return 1000 * b, 1000 * 1.96 * (residual / var) ** 0.5
+
+
+def theil_sen(points: list[tuple[float, float]]) -> float | None:
+    """The median of the pairwise slopes (MB per 1,000 episodes): a trend that one noisy sample
+    (a worker restarting, a cache emptied) cannot move the way it moves least squares."""
+    pairs = [(y2 - y1) / (x2 - x1) for i, (x1, y1) in enumerate(points) for x2, y2 in points[i + 1:] if x2 != x1]
+    return 1000 * statistics.median(pairs) if pairs else None
 
 
 # ---------------------------------------------------------------------------------------- one row
@@ -260,7 +279,9 @@ def run_row(name: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
     warm = max(1, int(len(chunks) * args.warmup))
     after = [(c["episodes"], c["rss_mb"]) for c in chunks[warm - 1:]]
     half = len(after) // 2
+    fit = slope_and_interval(after)
     result.update(slope=slope(after), first=slope(after[:half + 1]), second=slope(after[half:]), warm=warm,
+                  interval=None if fit is None else fit[1], theil_sen=theil_sen(after),
                   pss_slope=slope([(c["episodes"], c["pss_mb"]) for c in chunks[warm - 1:] if "pss_mb" in c]))
     return result
 
@@ -272,11 +293,12 @@ def fmt(value: float | None, width: int, digits: int = 2) -> str:
 def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"\n# soak: {args.episodes} episodes per row in chunks of {args.chunk} (one RolloutRunner.run() each), "
           f"{args.concurrent} concurrent, scripted mixed policy; slope = total RSS (process + children) after "
-          f"the first {args.warmup:.0%} of episodes, MB per 1,000 episodes (first half / second half); PSS slope: the "
+          f"the first {args.warmup:.0%} of episodes, MB per 1,000 episodes, +- its 95 % interval (first half / second "
+          "half); Theil-Sen: the median pairwise slope of the same points; PSS slope: the "
           "same of total PSS (a page shared by forked processes counted once); ep/s after the warm-up; fds, "
           "threads, children: after the first chunk > at the end")
     print(f"{'env':<12}{'mode':<9}{'episodes':>9}{'errors':>7}{'RSS MB start':>13}{'end':>8}{'slope':>8}"
-          f"{'halves':>14}{'PSS slope':>10}{'held MB':>9}{'fds':>9}{'threads':>10}{'children':>10}{'ep/s':>8}")
+          f"{'+-':>7}{'halves':>14}{'Theil-Sen':>10}{'PSS slope':>10}{'held MB':>9}{'fds':>9}{'threads':>10}{'children':>10}{'ep/s':>8}")
     for r in rows:
         if "error" in r:
             print(f"{r['env']:<12}{r['mode']:<9} failed: {r['error']}")
@@ -286,7 +308,8 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         rates = [x["eps_per_s"] for x in c[r["warm"]:]] or [x["eps_per_s"] for x in c]
         halves = f"{fmt(r['first'], 6, 1)}/{fmt(r['second'], 6, 1).strip():<6}"
         print(f"{r['env']:<12}{r['mode']:<9}{last['episodes']:>9}{last['errors']:>7}{first['rss_mb']:>13.1f}"
-              f"{last['rss_mb']:>8.1f}{fmt(r['slope'], 8)}{halves:>14}{fmt(r.get('pss_slope'), 10)}{last['held_mb']:>9.1f}"
+              f"{last['rss_mb']:>8.1f}{fmt(r['slope'], 8)}{fmt(r.get('interval'), 7)}{halves:>14}"
+              f"{fmt(r.get('theil_sen'), 10)}{fmt(r.get('pss_slope'), 10)}{last['held_mb']:>9.1f}"
               f"{first['fds']:>4}>{last['fds']:<4}{first['threads']:>5}>{last['threads']:<4}"
               f"{first['children']:>5}>{last['children']:<4}{sum(rates) / len(rates):>8.1f}")
 

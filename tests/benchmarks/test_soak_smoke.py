@@ -26,7 +26,7 @@ def test_soak_smoke_runs_every_mode_and_reports_what_the_process_holds(tmp_path)
         last = row["chunks"][-1]
         assert last["episodes"] == 30 and last["errors"] == 0 and len(row["chunks"]) == 3
         assert last["rss_mb"] > 20 and last["fds"] > 0 and last["threads"] >= 1 and row["slope"] is not None
-        assert last["pss_mb"] > 20 and row["pss_slope"] is not None
+        assert last["pss_mb"] > 20 and row["pss_slope"] is not None and row["theil_sen"] is not None
         assert last["held_mb"] < 1.0  # no deleted file of any size stays mapped (a 4 kB semaphore may)
     children = {r["mode"]: r["chunks"][-1]["children"] for r in rows}
     assert children["inproc"] == 0 and children["workers"] >= 2 and children["served"] >= 1
@@ -52,3 +52,19 @@ def test_a_stopped_soak_row_takes_its_server_and_env_workers_with_it():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_slopes_tell_a_trend_from_one_noisy_sample():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import soak
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    line = [(x, 100 + 0.002 * x) for x in range(0, 2000, 100)]  # 2 MB per 1,000 episodes
+    assert soak.slope_and_interval(line) == pytest.approx((2.0, 0.0), abs=1e-9)
+    assert soak.theil_sen(line) == pytest.approx(2.0)
+    flat_with_a_spike = [(x, 100.0) for x in range(0, 2000, 100)]
+    flat_with_a_spike[-2] = (1800, 130.0)  # a worker restarting as the sample is taken
+    slope, interval = soak.slope_and_interval(flat_with_a_spike)
+    assert slope > 1 and interval > slope / 2  # least squares moves, and says it is noise
+    assert soak.theil_sen(flat_with_a_spike) == pytest.approx(0.0)
