@@ -85,6 +85,15 @@ def check_reward(value: Any) -> float:
     return reward
 
 
+def _connection_closed(exc: BaseException) -> bool:
+    """Whether ``exc`` says the session's WebSocket was closed (by the server or the network)."""
+    try:
+        from websockets.exceptions import ConnectionClosed  # openenv-core's transport
+    except ImportError:  # pragma: no cover - openenv-core brings websockets
+        return isinstance(exc, ConnectionError)
+    return isinstance(exc, (ConnectionClosed, ConnectionError))
+
+
 class RemoteEnv(AgentEnv):
     """A remote agentgym env reached by URL (see the module docstring).
 
@@ -139,7 +148,17 @@ class RemoteEnv(AgentEnv):
         return super().reset(seed=seed, options=options)
 
     def _reset(self, options: dict[str, Any]) -> EnvReset:
-        reply, _ = self._validated("reset", self._call("reset", seed=getattr(self, "_seed", None), options=options))
+        seed = getattr(self, "_seed", None)
+        reused = self._client is not None
+        try:
+            result = self._call("reset", seed=seed, options=options)
+        except Exception as exc:  # noqa: BLE001 - only a closed connection is retried
+            if not (reused and _connection_closed(exc)):
+                raise
+            # The server closed this idle session between episodes (reaped, restarted): a reset is
+            # safe to repeat, so the episode starts on a new session instead of failing.
+            result = self._call("reset", seed=seed, options=options)
+        reply, _ = self._validated("reset", result)
         return EnvReset(messages=reply.messages, task=dict(reply.task), tools=list(reply.tool_schemas),
                         info=dict(reply.info))
 

@@ -148,3 +148,23 @@ def test_a_message_over_the_size_cap_ends_only_its_episode(hostile):
         assert env.step("apple")[1] == 1.0
     finally:
         env.close()
+
+
+def test_a_session_the_server_closed_between_episodes_is_replaced_at_the_next_reset(serve):
+    """The server reaps an idle session (``--session-timeout``); the env's next episode opens a new
+    session instead of failing at reset."""
+    import time
+
+    import gymnasium as gym
+
+    server = serve("agentgym/Echo-v0", "--session-timeout", "1")
+    env = gym.make("agentgym/Remote-v0", url=server.url)
+    try:
+        env.reset(seed=0, options={"word": "apple"})
+        assert env.step("apple")[2]
+        time.sleep(3.5)  # reaped: the server closes the socket (4408) after 1 s idle
+        observation, info = env.reset(seed=1, options={"word": "stone"})
+        assert "stone" in observation
+        assert env.step("stone")[2]
+    finally:
+        env.close()
