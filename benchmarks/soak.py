@@ -144,6 +144,26 @@ def sample() -> dict[str, float]:
     return out
 
 
+def settle(timeout: float = 30.0, quiet: float = 1.0) -> None:
+    """Wait until this process's tree stops changing (the same pids ``quiet`` seconds apart), at most
+    ``timeout`` s: a served chunk's sessions are closed by the client at once but by the server
+    moments later (an AppWorld session's apps worker and grader), and a sample taken in between
+    catches zero, one or two of them still alive."""
+    import psutil
+    me = psutil.Process()
+    deadline = time.monotonic() + timeout
+    before = None
+    while time.monotonic() < deadline:
+        try:
+            now = {p.pid for p in me.children(recursive=True)}
+        except psutil.Error:
+            now = None
+        if now is not None and now == before:
+            return
+        before = now
+        time.sleep(quiet)
+
+
 def slope(points: list[tuple[float, float]]) -> float | None:
     """Least-squares slope of (episodes, MB), in MB per 1,000 episodes; None with fewer than 2 points."""
     fit = slope_and_interval(points)
@@ -234,6 +254,8 @@ def one(name: str, mode: str, episodes: int, chunk: int, concurrent: int) -> Non
             done += n
             failed += sum(1 for t in trajs if t.error)
             causes = sorted({t.error.splitlines()[0][:160] for t in trajs if t.error})[:3]
+            if server is not None:
+                settle()
             row = {"episodes": done, "eps_per_s": n / seconds, "errors": failed, "error_causes": causes, **sample()}
             print(json.dumps(row), flush=True)
     finally:
