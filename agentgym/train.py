@@ -43,8 +43,7 @@ __all__ = ["main", "Trainer", "TrainingError", "Preset", "PRESETS", "load_model"
 # The training API's heavy homes (torch, transformers, accelerate) load on first use, so that
 # `agentgym train --help` and a config error answer without them.
 _LAZY = {"Trainer": ("agentgym.trainer", "Trainer"), "lr_factor": ("agentgym.trainer", "lr_factor"),
-         "load_model": ("agentgym.model_loading", "load_model"),
-         "_register_if_new": ("agentgym.run_objects", "register_if_new")}
+         "load_model": ("agentgym.model_loading", "load_model")}
 
 
 def __getattr__(name: str) -> Any:

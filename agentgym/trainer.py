@@ -55,7 +55,7 @@ from agentgym.runlog import append_record, read_records, truncate_run, write_sum
 from agentgym.safeio import write_atomic
 from agentgym.stats import outcomes, paired_effect, seed_record, success_interval, teacher_signal_summary
 from agentgym.store import TrajectoryStore
-from agentgym.tasks import make_runner, reference_actions, rollout_settings, step_references, task_lists
+from agentgym.tasks import make_runner, reference_actions, step_references, task_lists
 
 __all__ = ["Trainer", "TrainingError", "lr_factor"]
 
@@ -197,10 +197,6 @@ class Trainer:
         return [dict(rng.choice(self.train_tasks)) for _ in range(self.config.env.tasks_per_update)]
 
     # ---------------------------------------------------------------- rollouts
-    def env_kwargs(self, phase: str) -> dict[str, Any]:
-        """Constructor kwargs of the ``phase`` env (the step deadline added for agentgym envs)."""
-        return rollout_settings(self.config, phase)["env_kwargs"]
-
     def rollout(self, tasks, update: int, phase: str, group_size: int):
         """The episodes of ``tasks`` (``group_size`` each) with the served policy: rollout batch
         ``update`` of ``phase`` (``agentgym.tasks.make_runner``: its seeds and env settings)."""

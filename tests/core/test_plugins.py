@@ -152,7 +152,7 @@ def test_an_env_id_in_gymnasium_module_form_imports_its_module(tmp_path):
 
 
 def test_a_plugin_name_that_clashes_with_another_class_is_refused():
-    from agentgym.train import _register_if_new
+    from agentgym.run_objects import register_if_new as _register_if_new
     from agentgym.plugins import LEARNERS
 
     class Impostor(GRPO):
