@@ -42,11 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port; the chosen one is printed)")
     p.add_argument("--max-sessions", type=int, default=8,
-                   help="envs held at once: WebSocket sessions, each with its own env, and the fresh env of "
-                        "each stateless HTTP request (one more is refused); default 8")
+                   help="envs held at once: WebSocket sessions, each with its own env, and the env of each "
+                        "stateless HTTP request (one more is refused); a session's env is kept for the next "
+                        "session when it ends, so at most this many envs are ever built; default 8")
     p.add_argument("--session-timeout", type=float, default=600.0,
-                   help="close a session idle this many seconds - its WebSocket, then its env (0: never); "
-                        "default 600")
+                   help="close a session idle this many seconds - its WebSocket, then its env - and an env "
+                        "kept this long with no session (0: never); default 600")
     p.add_argument("--env-kwargs", default=None, help="JSON object of constructor kwargs for every session's env")
     p.add_argument("--phase", choices=("train", "eval"), default="train",
                    help="start from the env's declared train or eval constructor kwargs (EnvDefaults)")
@@ -101,12 +102,16 @@ def main(argv: list[str] | None = None) -> int:
         from agentgym.envspec import check_env_id
         env_id = args.env_id = check_env_id(args.env_id)
         kwargs = _env_kwargs(args)
-        AgentGymEnvironment(env_id, kwargs).close()  # fails here, not in every session
+        first = AgentGymEnvironment(env_id, kwargs)  # fails here, not in every session
     except Exception as exc:  # noqa: BLE001 - any construction failure is the user's to fix
         print(f"agentgym serve: cannot build {args.env_id}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     app = make_app(env_id, env_kwargs=kwargs, max_sessions=args.max_sessions,
                    session_timeout_s=args.session_timeout or None, max_body_bytes=args.ws_max_bytes)
+    if app.state.agentgym_open.keep_idle(first.env):  # the first session's env, already built
+        app.state.agentgym_open.built += 1
+    else:
+        first.close()
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"agentgym serve: warning: listening on {args.host} without authentication: anyone who reaches "
               f"this port can open up to {args.max_sessions} {env_id} envs and step them with any action "
@@ -140,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     opened = app.state.agentgym_open
     left = app.state.agentgym_open.close_all()  # normally 0: the app's shutdown closed them
     why = f" by {signal.Signals(stopped_by[0]).name}" if stopped_by else ""
-    print(f"agentgym serve: stopped{why}; {opened.created} session env(s) created, {len(opened)} still open"
+    print(f"agentgym serve: stopped{why}; {opened.created} session(s), {opened.built} env(s) built, "
+          f"{len(opened)} still open"
           f"{f' ({left} closed after the server stopped)' if left else ''}", flush=True)
     return 0 if server.started else 1

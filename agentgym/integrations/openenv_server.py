@@ -1,10 +1,14 @@
 """Any registered agentgym env as an OpenEnv server (``openenv-core``): ``agentgym serve ENV_ID``.
 
 Every WebSocket session (``/ws``, what OpenEnv's ``EnvClient`` / ``GenericEnvClient`` /
-``MCPToolClient`` speak) gets its own env instance, built by ``gymnasium.make`` for that session
-and closed when it ends: sessions share no state. At most ``max_sessions`` run at once (one more
-is refused with OpenEnv's ``CAPACITY_REACHED`` error), idle sessions are closed after
-``session_timeout_s``, and shutting the server down closes every env still open.
+``MCPToolClient`` speak) has an env instance of its own while it lasts. When a session ends cleanly
+its env waits for the next session, which must reset it before its first step (as a rollout run
+reuses its envs between episodes; until that reset the session sees no task or tools of the env's
+last one); an env whose call raised is closed instead. So a server builds at most ``max_sessions``
+envs (``gymnasium.make``) however many sessions come and go, and an AppWorld session does not start
+a sandbox, an apps worker and a grader each time. At most ``max_sessions`` sessions run at once (one
+more is refused with OpenEnv's ``CAPACITY_REACHED`` error), idle sessions and envs idle for longer
+than ``session_timeout_s`` are closed, and shutting the server down closes every env still open.
 
 The wire format (``reset`` / ``step`` / ``state`` messages of the OpenEnv protocol):
 
@@ -200,23 +204,52 @@ class AgentGymEnvironment(Environment):
         if open_envs is not None:
             open_envs.reserve()  # counted before it is built: a slow build holds its slot
         try:
-            with self._calls:
-                self.env = make_env(env_id, **dict(env_kwargs or {}))  # a plain env gets a deadline too
+            kept = open_envs.take_idle() if open_envs is not None else None
+            if kept is None:
+                with self._calls:
+                    kept = make_env(env_id, **dict(env_kwargs or {}))  # a plain env gets a deadline too
+                self.reused = False
+            else:
+                self.reused = True  # an earlier session's env: nothing of it shows before this session's reset
+            self.env = kept
         except BaseException:
             if open_envs is not None:
                 open_envs.unreserve()
             raise
         self._open = open_envs
         self._closed = False
+        self._healthy = True  # no env call raised: the env may serve the next session
+        self._busy = 0
+        self._began = False  # this session has reset the env
         self._episode_id: str | None = None
         self._done = True
         self._steps = 0
         if open_envs is not None:
-            open_envs.add(self, reserved=True)
+            open_envs.add(self, reserved=True, built=not self.reused)
 
     @property
     def _inner(self) -> Any:
         return self.env.unwrapped
+
+    @contextlib.contextmanager
+    def _env_call(self) -> Any:
+        """One call into the env: serialised where the env says so; an exception marks the env as
+        not to be reused."""
+        with self._calls:
+            self._busy += 1
+            try:
+                yield
+            except BaseException:
+                self._healthy = False
+                raise
+            finally:
+                self._busy -= 1
+
+    def session_tools(self) -> list[Any]:
+        """The env's current tools; none from a reused env before this session's first reset."""
+        if self.reused and not self._began:
+            return []
+        return mcp_tools(list(getattr(self._inner, "tools", []) or []))
 
     def reset(self, seed: int | None = None, episode_id: str | None = None, options: dict[str, Any] | None = None,
               **unknown: Any) -> AgentObservation:
@@ -227,8 +260,9 @@ class AgentGymEnvironment(Environment):
         if options is not None and not isinstance(options, dict):
             raise ValueError(f"options must be an object, got {type(options).__name__}")
         self._done = True
-        with self._calls:
+        with self._env_call():
             text, info = self.env.reset(seed=seed, options=options)
+        self._began = True
         self._episode_id = episode_id or uuid.uuid4().hex
         self._done, self._steps = False, 0
         messages = list(info.get("messages") or [])
@@ -241,7 +275,7 @@ class AgentGymEnvironment(Environment):
         if not isinstance(action, AgentAction):
             raise TypeError(f"expected an AgentAction, got {type(action).__name__}")
         if action.type == "list_tools":
-            return ListToolsObservation(tools=mcp_tools(list(getattr(self._inner, "tools", []) or [])))
+            return ListToolsObservation(tools=self.session_tools())
         if self._done:
             raise RuntimeError("no episode in progress: send reset first (the last one ended, or none began)")
         calls: list[ToolCallSpec] = []
@@ -250,7 +284,7 @@ class AgentGymEnvironment(Environment):
             text = render_tool_calls(calls)
         else:
             text = action.text
-        with self._calls:
+        with self._env_call():
             obs, reward, terminated, truncated, info = self.env.step(text)
         self._steps += 1
         self._done = bool(terminated or truncated)
@@ -285,7 +319,8 @@ class AgentGymEnvironment(Environment):
     @property
     def state(self) -> AgentState:
         return AgentState(episode_id=self._episode_id, step_count=self._steps, env_id=self.env_id,
-                          task=json_safe(getattr(self._inner, "task", {}) or {}), done=self._done)
+                          task=json_safe(getattr(self._inner, "task", {}) or {}) if self._began else {},
+                          done=self._done)
 
     def get_metadata(self) -> EnvironmentMetadata:
         doc = (type(self._inner).__doc__ or "").strip().splitlines()
@@ -298,6 +333,10 @@ class AgentGymEnvironment(Environment):
         self._closed = True
         if self._open is not None:
             self._open.discard(self)
+            # a clean session's env serves the next one (reset first); never one a call failed in or
+            # one still in a call (an MCP session reaped mid-call)
+            if self._healthy and not self._busy and self._open.keep_idle(self.env):
+                return
         try:
             with self._calls:
                 self.env.close()
@@ -334,7 +373,12 @@ class _ToolServer:
             return call
 
         return {tool.name: _ServedTool(tool.name, tool.description, tool.input_schema, caller(tool.name))
-                for tool in mcp_tools(list(getattr(env._inner, "tools", []) or []))}
+                for tool in env.session_tools()}
+
+
+def _close_serialised(call_lock: Any, env: Any) -> None:
+    with call_lock if call_lock is not None else contextlib.nullcontext():
+        env.close()
 
 
 def _version() -> str:
@@ -354,8 +398,8 @@ def make_app(env_id: str, *, env_kwargs: dict[str, Any] | None = None, max_sessi
     env_id = check_env_id(env_id)
     if not isinstance(max_sessions, int) or isinstance(max_sessions, bool) or max_sessions < 1:
         raise ValueError(f"max_sessions must be a positive int, got {max_sessions!r}")
-    open_envs = _Open(capacity=max_sessions)
     call_lock = None if sessions_may_overlap(env_id) else threading.RLock()
+    open_envs = _Open(capacity=max_sessions, close_env=functools.partial(_close_serialised, call_lock))
     factory = functools.partial(AgentGymEnvironment, env_id, dict(env_kwargs or {}), open_envs, call_lock)
     app = FastAPI(title=f"agentgym {env_id}", version=_version(),
                   description=f"agentgym env {env_id} as an OpenEnv server (see agentgym.integrations.openenv_server)")

@@ -30,14 +30,54 @@ log = logging.getLogger("agentgym.integrations.openenv_server")
 
 class _Open:
     """The envs a server holds, so that every one counts against ``capacity`` (sessions and
-    stateless requests alike) and shutdown closes the ones no session end closed."""
+    stateless requests alike) and shutdown closes the ones no session end closed.
 
-    def __init__(self, capacity: int | None = None):
+    It also keeps the idle envs: an env whose session ended cleanly waits here (``keep_idle``) for
+    the next session (``take_idle``), which resets it before its first step, as a rollout run reuses
+    its envs between episodes. A new env is built only when none is idle, so a server builds at most
+    ``capacity`` envs however many sessions open and close; an env idle for longer than the session
+    timeout is closed by the reaper (``close_idle``), and shutdown closes them all."""
+
+    def __init__(self, capacity: int | None = None, close_env: Any = None):
         self._lock = threading.Lock()
         self._envs: dict[int, Any] = {}
+        self._idle: list[tuple[Any, float]] = []  # (env, monotonic time it went idle)
+        self._close_env = close_env or (lambda env: env.close())
         self._building = 0
         self.capacity = capacity
-        self.created = 0
+        self.created = 0  # sessions (and stateless requests) that held an env
+        self.built = 0  # envs built for them (the others reused an idle one)
+
+    def take_idle(self) -> Any | None:
+        """The env that went idle last (the warmest), or None."""
+        with self._lock:
+            return self._idle.pop()[0] if self._idle else None
+
+    def keep_idle(self, env: Any) -> bool:
+        """Keep ``env`` (its session over, no call of it failed) for the next session; False when
+        ``capacity`` envs are idle already (the caller closes it)."""
+        with self._lock:
+            if self.capacity is not None and len(self._idle) >= self.capacity:
+                return False
+            self._idle.append((env, time.monotonic()))
+            return True
+
+    def idle(self) -> int:
+        with self._lock:
+            return len(self._idle)
+
+    def close_idle(self, older_than_s: float = 0.0) -> int:
+        """Close the idle envs kept for at least ``older_than_s`` seconds; how many."""
+        now = time.monotonic()
+        with self._lock:
+            old = [env for env, since in self._idle if now - since >= older_than_s]
+            self._idle = [(env, since) for env, since in self._idle if now - since < older_than_s]
+        for env in old:
+            try:
+                self._close_env(env)
+            except Exception:  # noqa: BLE001 - closing is best effort; the others still close
+                log.warning("closing an idle env failed", exc_info=True)
+        return len(old)
 
     def reserve(self) -> None:
         """Hold a slot for an env about to be built; ``SessionCapacityError`` when all are taken."""
@@ -47,12 +87,13 @@ class _Open:
                 raise SessionCapacityError(held, self.capacity)
             self._building += 1
 
-    def add(self, env: Any, *, reserved: bool = False) -> None:
+    def add(self, env: Any, *, reserved: bool = False, built: bool = True) -> None:
         with self._lock:
             if reserved:
                 self._building -= 1
             self._envs[id(env)] = env
             self.created += 1
+            self.built += built
 
     def unreserve(self) -> None:
         with self._lock:
@@ -67,10 +108,12 @@ class _Open:
             return len(self._envs) + self._building
 
     def close_all(self) -> int:
+        """Close every session's env and every idle one; how many sessions' envs were still open."""
         with self._lock:
             envs = list(self._envs.values())
         for env in envs:
-            env.close()
+            env.close()  # a healthy one goes idle, and is closed below
+        self.close_idle()
         return len(envs)
 
 
@@ -288,6 +331,8 @@ class _Sessions(HTTPEnvServer):
                 log.warning("idle-session reaper: %s: %s", type(exc).__name__, exc)
 
     async def _reap_once(self, timeout: float) -> None:
+        if self._open.idle():
+            await asyncio.to_thread(self._open.close_idle, timeout)  # an AppWorld env's close takes seconds
         now = time.time()
         async with self._session_lock:
             idle = {sid: info.last_activity_at for sid, info in self._session_info.items()}

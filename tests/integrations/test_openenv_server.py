@@ -279,7 +279,7 @@ def test_signals_shut_the_server_down_cleanly_with_sessions_open(sig, serve):
     assert a.step({"type": "text", "text": "apple"}).reward == 1.0
     rc, out, err = server.stop(sig)
     assert rc == 0, err[-2000:]
-    assert f"stopped by {signal.Signals(sig).name}; 2 session env(s) created, 0 still open" in out
+    assert f"stopped by {signal.Signals(sig).name}; 2 session(s), 2 env(s) built, 0 still open" in out
     assert "Traceback" not in err, err[-2000:]
     with pytest.raises(Exception):
         b.step({"type": "text", "text": "river"})
