@@ -19,8 +19,7 @@ import gymnasium as gym
 
 from agentgym.agents.base import SamplingParams
 from agentgym.config import ConfigError
-from agentgym.env import AgentEnv
-from agentgym.envspec import env_class, env_defaults, list_tasks
+from agentgym.envspec import env_defaults, list_tasks
 from agentgym.rollout import RolloutRunner
 from agentgym.types import FeedbackKind
 
@@ -87,11 +86,11 @@ def reset_seed(seed: int, index: int, *, phase: str = "train") -> int:
 
 def runner_settings(env_id: str, env_kwargs: dict[str, Any], *, max_steps: int | None,
                     step_timeout_s: float | None = None, workers: int = 0) -> dict[str, Any]:
-    """``RolloutRunner`` keyword arguments: the env kwargs (with the step deadline for agentgym envs;
-    0 turns it off), the step limit and the env worker processes."""
+    """``RolloutRunner`` keyword arguments: the env kwargs (with the step deadline, 0 turning it off:
+    an agentgym env takes it as a constructor argument, any other env's wrapper from
+    ``agentgym.wrappers.make``), the step limit and the env worker processes."""
     kwargs = dict(env_kwargs)
-    cls = env_class(env_id)
-    if step_timeout_s is not None and isinstance(cls, type) and issubclass(cls, AgentEnv):
+    if step_timeout_s is not None:
         kwargs.setdefault("step_timeout_s", step_timeout_s or None)
     return {"env_kwargs": kwargs, "max_steps": max_steps, "workers": workers}
 

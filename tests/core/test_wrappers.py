@@ -102,3 +102,18 @@ def test_an_agent_env_is_not_wrapped_twice_and_takes_the_settings_itself():
         assert not isinstance(layer, StepDeadline)
         layer = layer.env
     assert (env.unwrapped.step_timeout_s, env.unwrapped.max_steps) == (2.0, 2)
+
+
+def test_a_configured_step_deadline_reaches_a_plain_env_through_the_run_settings():
+    """``env.step_timeout_s`` of a run config reaches any env, not only agentgym's own classes."""
+    from agentgym.tasks import runner_settings
+
+    settings = runner_settings("wrapperstest/Plain-v0", {"mode": "stall"}, max_steps=3, step_timeout_s=0.5)
+    runner = RolloutRunner(ScriptedPolicy(lambda conv: "hello"), "wrapperstest/Plain-v0", tasks=1, progress=False,
+                           keep_envs=False, **settings)
+    started = time.monotonic()
+    [traj] = runner.run()
+    assert time.monotonic() - started < 10
+    assert traj.truncated and traj.steps[0].feedback[0].payload["type"] == "step_timeout"
+    assert runner_settings("wrapperstest/Plain-v0", {}, max_steps=3, step_timeout_s=0)["env_kwargs"] == {
+        "step_timeout_s": None}
