@@ -1,7 +1,7 @@
 """Soak: many episodes per env id, in-process, with env workers and served, and what the process holds.
 
     nice -n 19 .venv/bin/python benchmarks/soak.py [--episodes 2000] [--chunk 100] [--envs echo alfworld ...]
-                                                   [--modes inproc workers served] [--json out.json]
+                                                   [--modes inproc workers served churn] [--json out.json]
     .venv/bin/python benchmarks/soak.py --smoke          # seconds: Echo in every mode, small chunks
 
 Every (env, mode) runs in a fresh child process of its own (``--one ENV MODE``), so one row's envs,
@@ -12,8 +12,10 @@ calls, runtime errors and blocked code. Episodes go in chunks of ``--chunk``, ea
 
 - ``inproc``: ``env.workers = 0`` (envs in the soaking process, kept between runs);
 - ``workers``: ``env.workers = 2`` (``agentgym.envpool``, the shared pool kept between runs);
-- ``served``: an ``agentgym serve`` child process on 127.0.0.1 and ``agentgym/Remote-v0`` envs that
-  are closed at the end of every chunk (``keep_envs=False``), so sessions open and close all along.
+- ``served``: an ``agentgym serve`` child process on 127.0.0.1 and ``agentgym/Remote-v0`` envs kept
+  between chunks, as a trainer's rollout runs keep theirs (a session lasts the whole soak);
+- ``churn``: served too, but every chunk's ``Remote-v0`` envs are closed at its end
+  (``keep_envs=False``), so sessions open and close all along (the server reuses their envs).
 
 After every chunk it prints the RSS of the process and of all its children (MB), held mappings
 (MB of deleted files still mapped, in the process and its children), open fds, threads and children
@@ -41,7 +43,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
-MODES = ("inproc", "workers", "served")
+MODES = ("inproc", "workers", "served", "churn")
 NOISE = "\u2603 " * 1000  # 2 kB of text no env understands
 
 
@@ -234,9 +236,10 @@ def one(name: str, mode: str, episodes: int, chunk: int, concurrent: int) -> Non
     run_env, run_kwargs, workers, keep = env_id, dict(kwargs), 0, True
     if mode == "workers":
         workers = 2
-    elif mode == "served":
+    elif mode in ("served", "churn"):
         server, url = serve_child(env_id, kwargs, concurrent)
-        run_env, run_kwargs, keep = "agentgym/Remote-v0", {"url": url, "message_timeout_s": 120.0}, False
+        run_env, run_kwargs = "agentgym/Remote-v0", {"url": url, "message_timeout_s": 120.0}
+        keep = mode == "served"
     policy = ScriptedPolicy(script)
     done, failed = 0, 0
     try:
@@ -265,9 +268,15 @@ def one(name: str, mode: str, episodes: int, chunk: int, concurrent: int) -> Non
         if server is not None:
             server.terminate()
             try:
-                server.wait(timeout=30)
+                out, _ = server.communicate(timeout=30)
             except subprocess.TimeoutExpired:
                 server.kill()
+                out = ""
+            # the server's own count at shutdown: "N session(s), M env(s) built, K still open"
+            counts = re.search(r"(\d+) session\(s\), (\d+) env\(s\) built", out or "")
+            if counts:
+                print(json.dumps({"server_sessions": int(counts.group(1)), "server_envs_built": int(counts.group(2))}),
+                      flush=True)
 
 
 # ---------------------------------------------------------------------------------------- the table
@@ -278,12 +287,16 @@ def run_row(name: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env_extra}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    chunks = []
+    chunks: list[dict[str, Any]] = []
+    server_counts: dict[str, int] = {}
     for line in proc.stdout:
         line = line.strip()
         if not line.startswith("{"):
             continue
         row = json.loads(line)
+        if "server_sessions" in row:
+            server_counts = row
+            continue
         chunks.append(row)
         if args.verbose:
             print(f"  {name:<12}{mode:<8} {row['episodes']:>6} ep  rss {row['rss_self_mb']:7.1f} + "
@@ -294,7 +307,8 @@ def run_row(name: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
                 print(f"    env error: {cause}", flush=True)
     err = proc.stderr.read()
     rc = proc.wait()
-    result = {"env": name, "mode": mode, "rc": rc, "chunks": chunks, "seconds": time.perf_counter() - started}
+    result = {"env": name, "mode": mode, "rc": rc, "chunks": chunks, "seconds": time.perf_counter() - started,
+              **server_counts}
     if rc != 0 or not chunks:
         result["error"] = (err.strip().splitlines() or [f"exit {rc}"])[-1][:200]
         return result
@@ -318,9 +332,11 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
           f"the first {args.warmup:.0%} of episodes, MB per 1,000 episodes, +- its 95 % interval (first half / second "
           "half); Theil-Sen: the median pairwise slope of the same points; PSS slope: the "
           "same of total PSS (a page shared by forked processes counted once); ep/s after the warm-up; fds, "
-          "threads, children: after the first chunk > at the end")
+          "threads, children: after the first chunk > at the end; sessions/envs: a served row's server sessions and "
+          "the envs its server built for them")
     print(f"{'env':<12}{'mode':<9}{'episodes':>9}{'errors':>7}{'RSS MB start':>13}{'end':>8}{'slope':>8}"
-          f"{'+-':>7}{'halves':>14}{'Theil-Sen':>10}{'PSS slope':>10}{'held MB':>9}{'fds':>9}{'threads':>10}{'children':>10}{'ep/s':>8}")
+          f"{'+-':>7}{'halves':>14}{'Theil-Sen':>10}{'PSS slope':>10}{'held MB':>9}{'fds':>9}{'threads':>10}{'children':>10}{'ep/s':>8}"
+          f"{'sessions/envs':>15}")
     for r in rows:
         if "error" in r:
             print(f"{r['env']:<12}{r['mode']:<9} failed: {r['error']}")
@@ -333,7 +349,13 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
               f"{last['rss_mb']:>8.1f}{fmt(r['slope'], 8)}{fmt(r.get('interval'), 7)}{halves:>14}"
               f"{fmt(r.get('theil_sen'), 10)}{fmt(r.get('pss_slope'), 10)}{last['held_mb']:>9.1f}"
               f"{first['fds']:>4}>{last['fds']:<4}{first['threads']:>5}>{last['threads']:<4}"
-              f"{first['children']:>5}>{last['children']:<4}{sum(rates) / len(rates):>8.1f}")
+              f"{first['children']:>5}>{last['children']:<4}{sum(rates) / len(rates):>8.1f}"
+              f"{served_counts(r):>15}")
+
+
+def served_counts(row: dict[str, Any]) -> str:
+    """A served row's sessions and the envs its server built for them ("-" for the others)."""
+    return f"{row['server_sessions']}/{row['server_envs_built']}" if "server_sessions" in row else "-"
 
 
 def main(argv: list[str] | None = None) -> int:

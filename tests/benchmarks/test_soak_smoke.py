@@ -1,4 +1,5 @@
-"""``benchmarks/soak.py --smoke``: Echo in-process, with env workers and served, in seconds; every row
+"""``benchmarks/soak.py --smoke``: Echo in-process, with env workers, served with sessions kept and
+served with sessions reopened every chunk, in seconds; every row
 finishes its episodes without an env error, and the table and the per-chunk JSON say what was held."""
 
 from __future__ import annotations
@@ -21,17 +22,21 @@ def test_soak_smoke_runs_every_mode_and_reports_what_the_process_holds(tmp_path)
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = json.loads(out.read_text())
-    assert [(r["env"], r["mode"]) for r in rows] == [("echo", "inproc"), ("echo", "workers"), ("echo", "served")]
+    assert [(r["env"], r["mode"]) for r in rows] == [("echo", m) for m in ("inproc", "workers", "served", "churn")]
     for row in rows:
         last = row["chunks"][-1]
         assert last["episodes"] == 30 and last["errors"] == 0 and len(row["chunks"]) == 3
         assert last["rss_mb"] > 20 and last["fds"] > 0 and last["threads"] >= 1 and row["slope"] is not None
         assert last["pss_mb"] > 20 and row["pss_slope"] is not None and row["theil_sen"] is not None
         assert last["held_mb"] < 1.0  # no deleted file of any size stays mapped (a 4 kB semaphore may)
+    # served: the 4 sessions last the whole soak; churn: 4 new sessions in each of the 3 chunks, and
+    # the server still builds at most 4 envs (a closed session's env serves the next session)
+    served = {r["mode"]: (r["server_sessions"], r["server_envs_built"]) for r in rows if "server_sessions" in r}
+    assert served["served"] == (4, 4) and served["churn"][0] == 12 and served["churn"][1] <= 4, served
     children = {r["mode"]: r["chunks"][-1]["children"] for r in rows}
-    assert children["inproc"] == 0 and children["workers"] >= 2 and children["served"] >= 1
+    assert children["inproc"] == 0 and children["workers"] >= 2 and children["served"] >= 1 and children["churn"] >= 1
     table = proc.stdout[proc.stdout.index("# soak"):]
-    assert all(f"echo        {mode}" in table for mode in ("inproc", "workers", "served")), table
+    assert all(f"echo        {mode}" in table for mode in ("inproc", "workers", "served", "churn")), table
 
 
 def test_a_stopped_soak_row_takes_its_server_and_env_workers_with_it():
