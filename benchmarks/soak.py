@@ -27,6 +27,7 @@ slope of total RSS after the warm-up (``--warmup`` fraction of the episodes; lea
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import re
@@ -230,6 +231,7 @@ def one(name: str, mode: str, episodes: int, chunk: int, concurrent: int) -> Non
         tasks = probe.unwrapped.tasks()
     finally:
         probe.close()
+    gc.collect()  # the probe's reference cycles (an engine's grammar: MB) go now, not amid the samples
     if not tasks:
         raise SystemExit(f"{env_id}: no tasks (see the env's data hint)")
     server = None

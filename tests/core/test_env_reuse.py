@@ -82,3 +82,43 @@ def test_an_env_that_failed_is_closed_not_kept():
     trajs = run([{"word": "stone"}], max_concurrent=1)
     assert all(t.error and "disk on fire" in t.error for t in trajs)
     assert idle_envs(ENV) == 0 and CountedEcho.closed == len(CountedEcho.built)
+
+
+CYCLIC = "agentgym-test/CyclicEcho-v0"
+
+
+class CyclicEcho(EchoEnv):
+    """Echo caught in a reference cycle of its own, as a closed remote session's asyncio transport is
+    in CPython 3.11: only the cycle collector frees it."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.me = self
+
+
+if CYCLIC not in gym.registry:
+    gym.register(id=CYCLIC, entry_point=CyclicEcho)
+
+
+def test_a_run_that_closes_its_envs_frees_their_cycles_when_it_ends():
+    import gc
+    import weakref
+
+    gc.collect()
+    gc.disable()  # no automatic collection: what is freed, the run freed
+    try:
+        runner = RolloutRunner(ScriptedPolicy(lambda conv: "apple"), CYCLIC, tasks=[{"word": "apple"}] * 3,
+                               max_concurrent=3, progress=False, keep_envs=False)
+        runner._envs.take = _watching(runner._envs.take, envs := weakref.WeakSet())
+        assert all(t.success for t in runner.run())
+        assert len(envs) == 0  # built, closed and freed by the end of the run
+    finally:
+        gc.enable()
+
+
+def _watching(take, seen):
+    def watched():
+        env = take()
+        seen.add(env.unwrapped)
+        return env
+    return watched
