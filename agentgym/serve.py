@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sessions", type=int, default=8,
                    help="envs held at once: WebSocket sessions, each with its own env, and the env of each "
                         "stateless HTTP request (one more is refused); a session's env is kept for the next "
-                        "session when it ends, so at most this many envs are ever built; default 8")
+                        "session when it ends, and a new env is built only when none is kept; default 8")
     p.add_argument("--session-timeout", type=float, default=600.0,
                    help="close a session idle this many seconds - its WebSocket, then its env - and an env "
                         "kept this long with no session (0: never); default 600")

@@ -4,9 +4,10 @@ Every WebSocket session (``/ws``, what OpenEnv's ``EnvClient`` / ``GenericEnvCli
 ``MCPToolClient`` speak) has an env instance of its own while it lasts. When a session ends cleanly
 its env waits for the next session, which must reset it before its first step (as a rollout run
 reuses its envs between episodes; until that reset the session sees no task or tools of the env's
-last one); an env whose call raised is closed instead. So a server builds at most ``max_sessions``
-envs (``gymnasium.make``) however many sessions come and go, and an AppWorld session does not start
-a sandbox, an apps worker and a grader each time. At most ``max_sessions`` sessions run at once (one
+last one); an env whose call raised is closed instead. A new env (``gymnasium.make``) is built only
+when none is kept, so a server holds at most ``max_sessions`` envs, busy or kept, and while none fails
+or idles out it builds no more than that however many sessions come and go: an AppWorld session does
+not start a sandbox, an apps worker and a grader each time. At most ``max_sessions`` sessions run at once (one
 more is refused with OpenEnv's ``CAPACITY_REACHED`` error), idle sessions and envs idle for longer
 than ``session_timeout_s`` are closed, and shutting the server down closes every env still open.
 

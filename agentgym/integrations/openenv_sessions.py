@@ -34,9 +34,10 @@ class _Open:
 
     It also keeps the idle envs: an env whose session ended cleanly waits here (``keep_idle``) for
     the next session (``take_idle``), which resets it before its first step, as a rollout run reuses
-    its envs between episodes. A new env is built only when none is idle, so a server builds at most
-    ``capacity`` envs however many sessions open and close; an env idle for longer than the session
-    timeout is closed by the reaper (``close_idle``), and shutdown closes them all."""
+    its envs between episodes. A new env is built only when none is idle, so the server holds at most
+    ``capacity`` envs, busy or idle, and (while none fails or idles out) builds no more however many
+    sessions open and close; an env idle for longer than the session timeout is closed by the reaper
+    (``close_idle``), and shutdown closes them all."""
 
     def __init__(self, capacity: int | None = None, close_env: Any = None):
         self._lock = threading.Lock()
