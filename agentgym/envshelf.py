@@ -91,8 +91,8 @@ def _free_cycles() -> None:
     """Collect the reference cycles of envs just closed now, not at the interpreter's next full
     collection: a closed remote session leaves CPython 3.11's asyncio transport in a cycle, and an
     engine's parser or grammar can be one. Left for later, every run's cycles pile up and their
-    scattered frees fragment the heap: a client reopening 8 sessions per 100 ALFWorld episodes grew
-    ~2 MB per 1,000 episodes that way, and 0.5 with this (``benchmarks/soak.py``, mode churn)."""
+    scattered frees fragment the heap: a client reopening 8 Echo sessions per 200 episodes grew
+    1.5 MB per 1,000 episodes that way, and 0.15 with this (``benchmarks/soak.py``, mode churn)."""
     gc.collect()
 
 

@@ -108,9 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     app = make_app(env_id, env_kwargs=kwargs, max_sessions=args.max_sessions,
                    session_timeout_s=args.session_timeout or None, max_body_bytes=args.ws_max_bytes)
-    if app.state.agentgym_open.keep_idle(first.env):  # the first session's env, already built
-        app.state.agentgym_open.built += 1
-    else:
+    if not app.state.agentgym_open.keep_idle(first.env, new=True):  # the first session's env, already built
         first.close()
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"agentgym serve: warning: listening on {args.host} without authentication: anyone who reaches "

@@ -322,7 +322,7 @@ def run_row(name: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
     after = [(c["episodes"], c["rss_mb"]) for c in chunks[warm - 1:]]
     half = len(after) // 2
     fit = slope_and_interval(after)
-    result.update(slope=slope(after), first=slope(after[:half + 1]), second=slope(after[half:]), warm=warm,
+    result.update(slope=None if fit is None else fit[0], first=slope(after[:half + 1]), second=slope(after[half:]), warm=warm,
                   interval=None if fit is None else fit[1], theil_sen=theil_sen(after),
                   pss_slope=slope([(c["episodes"], c["pss_mb"]) for c in chunks[warm - 1:] if "pss_mb" in c]))
     return result

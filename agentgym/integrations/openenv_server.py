@@ -205,14 +205,12 @@ class AgentGymEnvironment(Environment):
         if open_envs is not None:
             open_envs.reserve()  # counted before it is built: a slow build holds its slot
         try:
-            kept = open_envs.take_idle() if open_envs is not None else None
-            if kept is None:
+            env = open_envs.take_idle() if open_envs is not None else None
+            self.reused = env is not None  # an earlier session's env: nothing of it shows before this reset
+            if env is None:
                 with self._calls:
-                    kept = make_env(env_id, **dict(env_kwargs or {}))  # a plain env gets a deadline too
-                self.reused = False
-            else:
-                self.reused = True  # an earlier session's env: nothing of it shows before this session's reset
-            self.env = kept
+                    env = make_env(env_id, **dict(env_kwargs or {}))  # a plain env gets a deadline too
+            self.env = env
         except BaseException:
             if open_envs is not None:
                 open_envs.unreserve()

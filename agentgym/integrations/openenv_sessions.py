@@ -54,13 +54,15 @@ class _Open:
         with self._lock:
             return self._idle.pop()[0] if self._idle else None
 
-    def keep_idle(self, env: Any) -> bool:
-        """Keep ``env`` (its session over, no call of it failed) for the next session; False when
-        ``capacity`` envs are idle already (the caller closes it)."""
+    def keep_idle(self, env: Any, *, new: bool = False) -> bool:
+        """Keep ``env`` (its session over, no call of it failed; ``new``: built outside any session,
+        so counted as built here) for the next session; False when ``capacity`` envs are idle already
+        (the caller closes it)."""
         with self._lock:
             if self.capacity is not None and len(self._idle) >= self.capacity:
                 return False
             self._idle.append((env, time.monotonic()))
+            self.built += new
             return True
 
     def idle(self) -> int:
