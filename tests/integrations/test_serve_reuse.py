@@ -85,7 +85,8 @@ def test_an_env_kept_past_the_session_timeout_is_closed(tmp_path):
             time.sleep(0.2)
         assert events(log) == ["built", "closed"]
         assert one_episode(server.url, "river") == 1.0  # the next session builds a new one
-        assert events(log) == ["built", "closed", "built"]
+        # (under load the reaper may already have closed that one too, 0.5 s after its session)
+        assert events(log)[:3] == ["built", "closed", "built"]
     finally:
         server.stop()
 
